@@ -1,0 +1,429 @@
+//! Resolving a policy against a machine: every amount becomes bytes, donations are
+//! checked against what each GPU and the host hold, and each device gets its rules.
+
+use crate::error::{Location, PolicyError};
+use crate::model::*;
+use crate::size::{GIB, format_size};
+
+/// A policy resolved against a machine: everything in bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The machine it was resolved for.
+    pub machine: Machine,
+    /// One plan per compute device in the policy.
+    pub devices: Vec<DevicePlan>,
+    /// Host memory to pin ahead of need.
+    pub host_pool: u64,
+    /// Streaming settings.
+    pub streaming: Streaming,
+}
+
+impl Plan {
+    /// The plan of compute device `index`, if the policy configures it.
+    pub fn device(&self, index: u32) -> Option<&DevicePlan> {
+        self.devices.iter().find(|d| d.index == index)
+    }
+}
+
+/// One compute device's tiers and rules, in bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePlan {
+    /// CUDA device index.
+    pub index: u32,
+    /// Physical VRAM vvram may use on the device.
+    pub local_budget: u64,
+    /// Donors in order, with their capacity.
+    pub donors: Vec<(Tier, u64)>,
+    /// What `cuMemGetInfo` / `cuDeviceTotalMem` report as the total.
+    pub reported_total: u64,
+    /// Placement rules for this device, first match wins.
+    pub rules: Vec<Rule>,
+    /// Whether `rules` are vvram's defaults (the policy gave none).
+    pub default_rules: bool,
+}
+
+/// Where bytes of a simulated load landed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fill {
+    /// Bytes per tier, in the order tiers were first used.
+    pub per_tier: Vec<(Tier, u64)>,
+    /// Bytes that found no room: the application would see out-of-memory.
+    pub unplaced: u64,
+}
+
+impl DevicePlan {
+    /// Every tier of the device with its capacity: local first, then donors in order.
+    pub fn tiers(&self) -> impl Iterator<Item = (Tier, u64)> + '_ {
+        std::iter::once((Tier::Local, self.local_budget)).chain(self.donors.iter().copied())
+    }
+
+    /// Capacity of a tier (0 when the device does not have it).
+    pub fn capacity(&self, tier: Tier) -> u64 {
+        self.tiers().find(|(t, _)| *t == tier).map_or(0, |(_, c)| c)
+    }
+
+    /// The tier order for an allocation: the first matching rule's tiers, or every tier
+    /// in order when no rule matches.
+    pub fn placement(&self, size: u64, phase: Option<&str>, tag: Option<&str>) -> Vec<Tier> {
+        self.rules
+            .iter()
+            .find(|r| r.matches(self.index, size, phase, tag))
+            .map(|r| r.tiers.clone())
+            .unwrap_or_else(|| self.tiers().map(|(t, _)| t).collect())
+    }
+
+    /// Simulates loading `total` bytes as tensors of `tensor` bytes under `phase`:
+    /// each tensor goes to the first tier of its rule with room left.
+    pub fn fill(&self, total: u64, tensor: u64, phase: Option<&str>, tag: Option<&str>) -> Fill {
+        let mut fill = Fill::default();
+        let mut used: Vec<(Tier, u64)> = self.tiers().map(|(t, _)| (t, 0)).collect();
+        let mut remaining = total;
+        while remaining > 0 {
+            let size = remaining.min(tensor.max(1));
+            remaining -= size;
+            let order = self.placement(size, phase, tag);
+            let target = order.iter().find(|tier| {
+                used.iter().any(|(t, u)| t == *tier && u + size <= self.capacity(**tier))
+            });
+            match target {
+                Some(tier) => {
+                    if let Some(slot) = used.iter_mut().find(|(t, _)| t == tier) {
+                        slot.1 += size;
+                    }
+                    match fill.per_tier.iter_mut().find(|(t, _)| t == tier) {
+                        Some(entry) => entry.1 += size,
+                        None => fill.per_tier.push((*tier, size)),
+                    }
+                }
+                None => fill.unplaced += size,
+            }
+        }
+        fill
+    }
+}
+
+/// The default rules when a policy gives none. Without streaming, everything goes to
+/// the compute device first and spills to donors in order (reading weights across the
+/// link is 50–100× slower for big GEMMs). With streaming, what is allocated while the
+/// phase is `load` (weights) goes to donors first and is staged in before use.
+pub fn default_rules(device: &DevicePlan, streaming: &Streaming) -> Vec<Rule> {
+    let donors: Vec<Tier> = device.donors.iter().map(|(t, _)| *t).collect();
+    let local_first: Vec<Tier> = std::iter::once(Tier::Local).chain(donors.iter().copied()).collect();
+    let rule = |name: &str, phase: Option<&str>, tiers: Vec<Tier>| Rule {
+        name: Some(name.to_string()),
+        device: None,
+        min_size: 0,
+        max_size: None,
+        phase: phase.map(str::to_string),
+        tag: None,
+        tiers,
+        at: Location::default(),
+    };
+    if streaming.enabled && !donors.is_empty() {
+        let donors_first = donors.iter().copied().chain(std::iter::once(Tier::Local)).collect();
+        vec![
+            rule("weights to donors, streamed in", Some("load"), donors_first),
+            rule("everything else local first", None, local_first),
+        ]
+    } else {
+        vec![rule("local first, then donors", None, local_first)]
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Gpu(u32),
+    Host,
+}
+
+impl std::fmt::Display for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pool::Gpu(n) => write!(f, "GPU {n}"),
+            Pool::Host => write!(f, "the host"),
+        }
+    }
+}
+
+struct Claim {
+    pool: Pool,
+    is_local: bool,
+    amount: Amount,
+    at: Location,
+    what: String,
+    bytes: u64,
+}
+
+/// Resolves `policy` against `machine`.
+pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> {
+    let error = |at: Location, message: String| PolicyError::new(&policy.origin, at, message);
+    let gpu_count = machine.devices.len() as u32;
+    let pool_total = |pool: Pool| match pool {
+        Pool::Gpu(n) => machine.devices[n as usize],
+        Pool::Host => machine.host,
+    };
+    let mut claims: Vec<Claim> = Vec::new();
+    for device in &policy.devices {
+        if device.index >= gpu_count {
+            return Err(error(
+                device.at,
+                format!(
+                    "device {} does not exist: this machine has {gpu_count} GPU(s), numbered 0 to {}",
+                    device.index,
+                    gpu_count - 1
+                ),
+            ));
+        }
+        claims.push(Claim {
+            pool: Pool::Gpu(device.index),
+            is_local: true,
+            amount: device.local_budget,
+            at: device.budget_at,
+            what: format!("device {} local budget", device.index),
+            bytes: 0,
+        });
+        for donor in &device.donors {
+            let pool = match donor.tier {
+                Tier::Peer(n) if n >= gpu_count => {
+                    return Err(error(
+                        donor.at,
+                        format!(
+                            "peer:{n} is out of range: this machine has {gpu_count} GPU(s), numbered 0 to {}",
+                            gpu_count - 1
+                        ),
+                    ));
+                }
+                Tier::Peer(n) => Pool::Gpu(n),
+                _ => Pool::Host,
+            };
+            if matches!(donor.capacity, Amount::Share(_)) && !matches!(device.local_budget, Amount::Share(_)) {
+                return Err(error(
+                    donor.at,
+                    "a share (ratio mode) is relative to the local budget's share: give `local_budget` as a share too".into(),
+                ));
+            }
+            claims.push(Claim {
+                pool,
+                is_local: false,
+                amount: donor.capacity,
+                at: donor.at,
+                what: format!("device {} donor {}", device.index, donor.tier),
+                bytes: 0,
+            });
+        }
+    }
+
+    // Fixed amounts first, then `*` (and local shares, which take the rest of their card)
+    // split evenly among the claims on the same pool, then donor shares.
+    let takes_rest = |c: &Claim| c.amount == Amount::Rest || (c.is_local && matches!(c.amount, Amount::Share(_)));
+    for claim in claims.iter_mut() {
+        claim.bytes = match claim.amount {
+            Amount::Bytes(b) => b,
+            Amount::Fraction(f) => (pool_total(claim.pool) as f64 * f) as u64,
+            _ => 0,
+        };
+    }
+    let pools: Vec<Pool> = (0..gpu_count).map(Pool::Gpu).chain([Pool::Host]).collect();
+    for pool in &pools {
+        let fixed: u64 = claims.iter().filter(|c| c.pool == *pool && !takes_rest(c)).map(|c| c.bytes).sum();
+        let rest_count = claims.iter().filter(|c| c.pool == *pool && takes_rest(c)).count() as u64;
+        if rest_count == 0 {
+            continue;
+        }
+        let left = pool_total(*pool).saturating_sub(fixed);
+        for claim in claims.iter_mut().filter(|c| c.pool == *pool && takes_rest(c)) {
+            if left / rest_count == 0 {
+                return Err(error(
+                    claim.at,
+                    format!("{}: nothing is left of {} for `*` ({} of {} already given elsewhere)", claim.what, pool, format_size(fixed), format_size(pool_total(*pool))),
+                ));
+            }
+            claim.bytes = left / rest_count;
+        }
+    }
+    let mut local_share = (0.0, 0u64);
+    for claim in claims.iter_mut() {
+        match claim.amount {
+            Amount::Share(s) if claim.is_local => local_share = (s, claim.bytes),
+            Amount::Share(s) => claim.bytes = (local_share.1 as f64 * s / local_share.0) as u64,
+            _ => {}
+        }
+    }
+
+    for pool in &pools {
+        let total = pool_total(*pool);
+        let mut sum = 0u64;
+        let mut parts = Vec::new();
+        for claim in claims.iter().filter(|c| c.pool == *pool) {
+            sum = sum.saturating_add(claim.bytes);
+            parts.push(format!("{} {}", claim.what, format_size(claim.bytes)));
+            if sum > total {
+                return Err(error(
+                    claim.at,
+                    format!(
+                        "more than the machine has: {pool} holds {}, but the policy gives out {} ({}); lower this amount to at most {}",
+                        format_size(total),
+                        format_size(sum),
+                        parts.join(", "),
+                        format_size(total - (sum - claim.bytes))
+                    ),
+                ));
+            }
+        }
+    }
+
+    let mut claim_bytes = claims.iter().map(|c| c.bytes);
+    let mut devices = Vec::new();
+    for device in &policy.devices {
+        let local_budget = claim_bytes.next().unwrap_or(0);
+        let donors: Vec<(Tier, u64)> =
+            device.donors.iter().map(|d| (d.tier, claim_bytes.next().unwrap_or(0))).collect();
+        let reported_total = match device.report {
+            Report::Virtual => local_budget + donors.iter().map(|(_, b)| b).sum::<u64>(),
+            Report::Fixed(b) => b,
+        };
+        if policy.streaming.enabled && policy.streaming.local_cache >= local_budget {
+            return Err(error(
+                device.budget_at,
+                format!(
+                    "device {}'s local budget ({}) cannot hold the streaming local_cache ({}) and leave room to compute",
+                    device.index,
+                    format_size(local_budget),
+                    format_size(policy.streaming.local_cache)
+                ),
+            ));
+        }
+        let mut plan = DevicePlan { index: device.index, local_budget, donors, reported_total, rules: Vec::new(), default_rules: policy.rules.is_empty() };
+        plan.rules = if policy.rules.is_empty() {
+            default_rules(&plan, &policy.streaming)
+        } else {
+            policy.rules.iter().filter(|r| r.device.is_none_or(|d| d == device.index)).cloned().collect()
+        };
+        devices.push(plan);
+    }
+
+    let host_donated: u64 = devices.iter().flat_map(|d| &d.donors).filter(|(t, _)| *t == Tier::Host).map(|(_, b)| b).sum();
+    let host_pool = match policy.host_pool.pin_ahead {
+        None => host_donated.min(2 * GIB),
+        Some(pin) if pin > host_donated => {
+            return Err(error(
+                policy.host_pool.at,
+                format!("`pin_ahead` ({}) is more than the host donates ({})", format_size(pin), format_size(host_donated)),
+            ));
+        }
+        Some(pin) => pin,
+    };
+    Ok(Plan { machine: machine.clone(), devices, host_pool, streaming: policy.streaming })
+}
+
+/// Whether every amount of the policy is a fixed size, so it resolves without knowing
+/// the machine's memory.
+pub fn needs_machine(policy: &Policy) -> bool {
+    policy.devices.iter().any(|d| {
+        !matches!(d.local_budget, Amount::Bytes(_))
+            || d.donors.iter().any(|x| !matches!(x.capacity, Amount::Bytes(_)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_policy;
+    use crate::size::MIB;
+
+    fn machine() -> Machine {
+        Machine { devices: vec![24 * GIB, 24 * GIB], host: 64 * GIB }
+    }
+
+    fn plan(text: &str) -> Result<Plan, PolicyError> {
+        resolve(&parse_policy("p.toml", text).unwrap(), &machine())
+    }
+
+    #[test]
+    fn rest_takes_what_is_left() {
+        let p = plan("[[device]]\nindex = 0\nalloc = \"cuda:0,20gb;cuda:1,*;cpu,16gb\"\n").unwrap();
+        let d = p.device(0).unwrap();
+        assert_eq!(d.local_budget, 20 * GIB);
+        assert_eq!(d.donors, vec![(Tier::Peer(1), 24 * GIB), (Tier::Host, 16 * GIB)]);
+        assert_eq!(d.reported_total, 60 * GIB);
+        assert_eq!(p.host_pool, 2 * GIB);
+    }
+
+    #[test]
+    fn ratio_mode_keeps_the_proportions() {
+        let p = plan("[[device]]\nindex = 0\nalloc = \"cuda:0,8%;cuda:1,8%;cpu,4%\"\n").unwrap();
+        let d = p.device(0).unwrap();
+        assert_eq!(d.local_budget, 24 * GIB);
+        assert_eq!(d.donors, vec![(Tier::Peer(1), 24 * GIB), (Tier::Host, 12 * GIB)]);
+    }
+
+    #[test]
+    fn fraction_mode_is_of_each_devices_memory() {
+        let p = plan("[[device]]\nindex = 0\nalloc = \"cuda:0,0.5;cpu,0.25\"\n").unwrap();
+        let d = p.device(0).unwrap();
+        assert_eq!((d.local_budget, d.donors[0].1), (12 * GIB, 16 * GIB));
+    }
+
+    #[test]
+    fn donations_beyond_the_machine_are_refused() {
+        let e = plan("[[device]]\nindex = 0\nlocal_budget = \"20GiB\"\ndonors = [{ tier = \"host\", capacity = \"80GiB\" }]\n").unwrap_err();
+        assert_eq!(e.location, Location { line: 4, column: 20 });
+        assert!(e.message.contains("the host holds 64 GiB") && e.message.contains("at most 64 GiB"), "{e}");
+        let e = plan("[[device]]\nindex = 0\nlocal_budget = \"30GiB\"\n").unwrap_err();
+        assert!(e.message.contains("GPU 0 holds 24 GiB"), "{e}");
+        // Two compute devices each lending to the other cannot oversubscribe either card.
+        let e = plan("[[device]]\nindex = 0\nlocal_budget = \"20GiB\"\n[[device]]\nindex = 1\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"peer:0\", capacity = \"8GiB\" }]\n").unwrap_err();
+        assert_eq!(e.location, Location { line: 7, column: 20 });
+        assert!(e.message.contains("lower this amount to at most 4 GiB"), "{e}");
+    }
+
+    #[test]
+    fn indices_beyond_the_machine_are_refused() {
+        let e = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"peer:2\", capacity = \"8GiB\" }]\n").unwrap_err();
+        assert_eq!(e.location, Location { line: 4, column: 20 });
+        assert!(e.message.contains("out of range"), "{e}");
+        let e = plan("[[device]]\nindex = 5\nlocal_budget = \"8GiB\"\n").unwrap_err();
+        assert_eq!(e.location, Location { line: 2, column: 9 });
+    }
+
+    #[test]
+    fn machine_in_the_file_is_checked_at_parse_time() {
+        let e = parse_policy("p.toml", "[machine]\ndevices = [\"12GiB\"]\nhost = \"32GiB\"\n[[device]]\nindex = 0\nlocal_budget = \"16GiB\"\n").unwrap_err();
+        assert_eq!(e.location, Location { line: 6, column: 16 });
+    }
+
+    #[test]
+    fn pin_ahead_and_local_cache_must_fit() {
+        let e = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"4GiB\" }]\n[host_pool]\npin_ahead = \"6GiB\"\n").unwrap_err();
+        assert_eq!(e.location, Location { line: 6, column: 13 });
+        let e = plan("[[device]]\nindex = 0\nlocal_budget = \"2GiB\"\n[streaming]\nenabled = true\n").unwrap_err();
+        assert!(e.message.contains("local_cache"), "{e}");
+    }
+
+    #[test]
+    fn default_rules_and_fill() {
+        let text = "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"32GiB\" }]\n";
+        let p = plan(text).unwrap();
+        let d = p.device(0).unwrap();
+        assert!(d.default_rules);
+        assert_eq!(d.placement(MIB, Some("load"), None), vec![Tier::Local, Tier::Host]);
+        let fill = d.fill(24 * GIB, 64 * MIB, Some("load"), None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 16 * GIB)]);
+        assert_eq!(fill.unplaced, 0);
+        assert_eq!(d.fill(48 * GIB, 64 * MIB, None, None).unplaced, 8 * GIB);
+
+        let streamed = plan(&format!("{text}[streaming]\nenabled = true\n")).unwrap();
+        let d = streamed.device(0).unwrap();
+        assert_eq!(d.placement(MIB, Some("load"), None), vec![Tier::Host, Tier::Local]);
+        assert_eq!(d.placement(MIB, None, None), vec![Tier::Local, Tier::Host]);
+    }
+
+    #[test]
+    fn explicit_rules_pick_tiers() {
+        let p = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"32GiB\" }]\n[[rule]]\nmax_size = \"1MiB\"\ntiers = [\"local\"]\n[[rule]]\ntag = \"weights\"\ntiers = [\"host\", \"local\"]\n").unwrap();
+        let d = p.device(0).unwrap();
+        assert_eq!(d.placement(4096, None, Some("weights")), vec![Tier::Local]);
+        assert_eq!(d.placement(8 * MIB, None, Some("weights")), vec![Tier::Host, Tier::Local]);
+        assert_eq!(d.placement(8 * MIB, None, None), vec![Tier::Local, Tier::Host]);
+    }
+}
