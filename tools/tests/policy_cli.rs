@@ -1,0 +1,118 @@
+//! `vvram check` and `vvram explain` as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn vvram(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vvram")).args(args).current_dir(repo()).output().unwrap()
+}
+
+fn example_policies() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(repo().join("examples/policies"))
+        .unwrap()
+        .map(|e| format!("examples/policies/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_policy_checks() {
+    let files = example_policies();
+    assert!(files.len() >= 5, "{files:?}");
+    let mut args = vec!["check"];
+    args.extend(files.iter().map(String::as_str));
+    let out = vvram(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn every_example_policy_explains_on_its_target_machine() {
+    for file in example_policies() {
+        let out = vvram(&["explain", &file, "--model-size", "30GiB", "--devices", "0:24GiB,1:24GiB", "--host", "64GiB"]);
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn misspelled_key_exits_2_naming_line_column_and_key() {
+    let dir = std::env::temp_dir().join(format!("vvram-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("typo.toml");
+    std::fs::write(&file, "[[device]]\nindex = 0\nlocal_budgt = \"8GiB\"\n").unwrap();
+    let out = vvram(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("typo.toml:3:1:"), "{stderr}");
+    assert!(stderr.contains("did you mean `local_budget`"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    let out = vvram(&["check", "--json", file.to_str().unwrap(), "examples/policies/flux-dev-24gb.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["valid"], false);
+    assert_eq!(report[0]["error"]["line"], 3);
+    assert_eq!(report[0]["error"]["column"], 1);
+    assert_eq!(report[1]["valid"], true);
+}
+
+#[test]
+fn check_against_a_machine_and_allocation_strings() {
+    let out = vvram(&["check", "examples/policies/flux-dev-24gb.toml", "--devices", "0:12GiB", "--host", "64GiB"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GPU 0 holds 12 GiB"));
+    let out = vvram(&["check", "--alloc", "cuda:0,2.5gb;cpu,*"]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = vvram(&["check", "--alloc", "cuda:0,2.5qb;cpu,*"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("--alloc:1:8:"));
+    let out = vvram(&["check", "does-not-exist.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn explain_needs_a_machine_for_relative_amounts() {
+    let out = vvram(&["explain", "--alloc", "cuda:0,0.5;cpu,0.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--devices"));
+}
+
+/// Compares with the snapshot in tests/snapshots; `VVRAM_UPDATE_SNAPSHOTS=1` rewrites it.
+fn assert_snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    if std::env::var_os("VVRAM_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(actual, expected, "snapshot {name} differs (VVRAM_UPDATE_SNAPSHOTS=1 to accept)");
+}
+
+#[test]
+fn explain_snapshot_two_gpus() {
+    let out = vvram(&[
+        "explain",
+        "examples/policies/two-gpu-nvlink.toml",
+        "--model-size",
+        "50GiB",
+        "--devices",
+        "0:24GiB,1:24GiB",
+        "--host",
+        "64GiB",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_snapshot("explain_two_gpu_nvlink.txt", &String::from_utf8(out.stdout).unwrap());
+}
+
+#[test]
+fn explain_snapshot_ratio_string_with_default_rules() {
+    let out = vvram(&["explain", "--alloc", "cuda:0,8%;cpu,4%", "--model-size", "38GiB", "--devices", "0:12GiB", "--host", "32GiB"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_snapshot("explain_alloc_ratio.txt", &String::from_utf8(out.stdout).unwrap());
+}
