@@ -1,0 +1,153 @@
+//! Built-in "kernels", found by name in any module image that declares them
+//! (`.entry fill_f32` in PTX), so the same test program runs on a real GPU with real PTX.
+//!
+//! Parameters are laid out as the CUDA ABI does (each aligned to its size):
+//!
+//! | kernel | parameters (offset: type) |
+//! |---|---|
+//! | `fill_f32` | 0: `float*` p, 8: `float` value, 16: `u64` n |
+//! | `scale_f32` | 0: `float*` p, 8: `float` factor, 16: `u64` n |
+//! | `sum_f32` | 0: `const float*` input, 8: `float*` out (adds the sum to `*out`), 16: `u64` n |
+//! | `copy` | 0: `void*` dst, 8: `const void*` src, 16: `u64` bytes |
+//! | `struct_copy` | 0: `struct { const float* src; float* dst; u64 n; }` (24 bytes, pointers embedded) |
+
+/// A built-in kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// `p[i] = value` for i < n.
+    FillF32,
+    /// `p[i] *= factor` for i < n.
+    ScaleF32,
+    /// `*out += sum(input[0..n])`.
+    SumF32,
+    /// `memcpy(dst, src, bytes)`.
+    Copy,
+    /// `dst[i] = src[i]` for i < n, all three in one struct parameter.
+    StructCopy,
+}
+
+/// Every built-in kernel.
+pub const ALL: [Kernel; 5] = [Kernel::FillF32, Kernel::ScaleF32, Kernel::SumF32, Kernel::Copy, Kernel::StructCopy];
+
+impl Kernel {
+    /// The entry name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::FillF32 => "fill_f32",
+            Kernel::ScaleF32 => "scale_f32",
+            Kernel::SumF32 => "sum_f32",
+            Kernel::Copy => "copy",
+            Kernel::StructCopy => "struct_copy",
+        }
+    }
+
+    /// The kernel with this entry name.
+    pub fn by_name(name: &str) -> Option<Kernel> {
+        ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// (offset, size) of each parameter.
+    pub fn params(self) -> &'static [(usize, usize)] {
+        match self {
+            Kernel::StructCopy => &[(0, 24)],
+            Kernel::FillF32 | Kernel::ScaleF32 => &[(0, 8), (8, 4), (16, 8)],
+            Kernel::SumF32 | Kernel::Copy => &[(0, 8), (8, 8), (16, 8)],
+        }
+    }
+
+    /// Bytes of the packed parameter buffer.
+    pub fn param_bytes(self) -> usize {
+        self.params().iter().map(|(o, s)| o + s).max().unwrap_or(0)
+    }
+
+    /// Runs the kernel on a packed parameter buffer.
+    ///
+    /// # Safety
+    /// The pointers in `params` must be valid for what the kernel does with them, as on
+    /// a GPU; if they are not, the process faults, as a GPU's MMU would.
+    pub unsafe fn run(self, params: &[u8]) {
+        let word = |offset: usize| u64::from_ne_bytes(params[offset..offset + 8].try_into().unwrap());
+        let float = |offset: usize| f32::from_ne_bytes(params[offset..offset + 4].try_into().unwrap());
+        // SAFETY: the caller vouches for the addresses, as a kernel launch does.
+        unsafe {
+            match self {
+                Kernel::FillF32 => {
+                    let p = word(0) as *mut f32;
+                    for i in 0..word(16) as usize {
+                        p.add(i).write_volatile(float(8));
+                    }
+                }
+                Kernel::ScaleF32 => {
+                    let p = word(0) as *mut f32;
+                    for i in 0..word(16) as usize {
+                        p.add(i).write_volatile(p.add(i).read_volatile() * float(8));
+                    }
+                }
+                Kernel::SumF32 => {
+                    let input = word(0) as *const f32;
+                    let out = word(8) as *mut f32;
+                    let mut sum = 0.0f64;
+                    for i in 0..word(16) as usize {
+                        sum += input.add(i).read_volatile() as f64;
+                    }
+                    out.write_volatile(out.read_volatile() + sum as f32);
+                }
+                Kernel::Copy => {
+                    std::ptr::copy(word(8) as *const u8, word(0) as *mut u8, word(16) as usize);
+                }
+                Kernel::StructCopy => {
+                    let src = word(0) as *const f32;
+                    let dst = word(8) as *mut f32;
+                    for i in 0..word(16) as usize {
+                        dst.add(i).write_volatile(src.add(i).read_volatile());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The kernels a module image declares (`.entry NAME` in PTX text).
+pub fn declared_in(image: &[u8]) -> Vec<Kernel> {
+    let text = String::from_utf8_lossy(image);
+    text.split(".entry")
+        .skip(1)
+        .filter_map(|rest| {
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            Kernel::by_name(&name)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_found_in_ptx_text() {
+        let ptx = b".version 8.0\n.visible .entry fill_f32(\n.param .u64 a\n)\n.visible .entry copy (";
+        assert_eq!(declared_in(ptx), vec![Kernel::FillF32, Kernel::Copy]);
+        assert!(declared_in(b"garbage").is_empty());
+    }
+
+    #[test]
+    fn kernels_compute_on_host_memory() {
+        let mut data = vec![0f32; 8];
+        let mut params = vec![0u8; 24];
+        params[0..8].copy_from_slice(&(data.as_mut_ptr() as u64).to_ne_bytes());
+        params[8..12].copy_from_slice(&1.5f32.to_ne_bytes());
+        params[16..24].copy_from_slice(&8u64.to_ne_bytes());
+        unsafe { Kernel::FillF32.run(&params) };
+        params[8..12].copy_from_slice(&2f32.to_ne_bytes());
+        unsafe { Kernel::ScaleF32.run(&params) };
+        assert_eq!(data, vec![3.0; 8]);
+        let mut out = 1f32;
+        params[8..16].copy_from_slice(&(&mut out as *mut f32 as u64).to_ne_bytes());
+        unsafe { Kernel::SumF32.run(&params) };
+        assert_eq!(out, 25.0);
+    }
+}

@@ -1,0 +1,393 @@
+//! `cuda-exercise [--door dlsym|procaddress|procaddress-ptds] SCENARIO [ARGS]`: drives the
+//! CUDA driver API directly, as an application does, and checks what comes back. The
+//! same binary runs on the fake driver (tests) and on a real GPU (tests/gpu).
+//!
+//! Prints `ok: ...` lines on stdout and exits 0 when the scenario's checks hold; prints
+//! the failure on stderr and exits 1 otherwise.
+
+use std::ffi::{CString, c_int, c_uint, c_void};
+use std::time::Instant;
+use vvram_cuda::*;
+use vvram_harness::{CallError, Cuda, Door, cu, ptx};
+
+const MIB: usize = 1 << 20;
+
+struct Session {
+    cuda: Cuda,
+    functions: Vec<(String, CUfunction)>,
+}
+
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Failure {
+        Failure(e.to_string())
+    }
+}
+
+/// A failed check.
+struct Failure(String);
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure(s)
+    }
+}
+
+type Checked<T = ()> = Result<T, Failure>;
+
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Checked {
+    if condition { Ok(()) } else { Err(Failure(message())) }
+}
+
+impl Session {
+    fn open(door: Door, device: c_int) -> Checked<Session> {
+        let cuda = Cuda::load(door)?;
+        cu!(cuda, cuInit(0))?;
+        let mut context = std::ptr::null_mut();
+        cu!(cuda, cuDevicePrimaryCtxRetain(&mut context, device))?;
+        cu!(cuda, cuCtxSetCurrent(context))?;
+        let mut module = std::ptr::null_mut();
+        cu!(cuda, cuModuleLoadData(&mut module, ptx::MODULE.as_ptr() as *const c_void))?;
+        let mut functions = Vec::new();
+        for name in ["fill_f32", "scale_f32", "sum_f32", "copy", "struct_copy"] {
+            let mut function = std::ptr::null_mut();
+            let cname = CString::new(name).unwrap();
+            cu!(cuda, cuModuleGetFunction(&mut function, module, cname.as_ptr()))?;
+            functions.push((name.to_string(), function));
+        }
+        Ok(Session { cuda, functions })
+    }
+
+    fn function(&self, name: &str) -> CUfunction {
+        self.functions.iter().find(|(n, _)| n == name).map(|(_, f)| *f).unwrap_or(std::ptr::null_mut())
+    }
+
+    /// Launches a kernel with `kernelParams`: each argument's bytes.
+    fn launch(&self, name: &str, stream: CUstream, args: &mut [&mut [u8]], elements: usize) -> Checked {
+        let mut pointers: Vec<*mut c_void> = args.iter_mut().map(|a| a.as_mut_ptr() as *mut c_void).collect();
+        let blocks = elements.div_ceil(256).clamp(1, 1024) as c_uint;
+        cu!(self.cuda, cuLaunchKernel(self.function(name), blocks, 1, 1, 256, 1, 1, 0, stream, pointers.as_mut_ptr(), std::ptr::null_mut()))?;
+        Ok(())
+    }
+
+    fn fill(&self, stream: CUstream, p: u64, value: f32, n: usize) -> Checked {
+        self.launch("fill_f32", stream, &mut [&mut p.to_ne_bytes(), &mut value.to_ne_bytes(), &mut (n as u64).to_ne_bytes()], n)
+    }
+
+    fn read_f32(&self, p: u64, n: usize) -> Checked<Vec<f32>> {
+        let mut host = vec![0f32; n];
+        cu!(self.cuda, cuMemcpyDtoH_v2(host.as_mut_ptr() as *mut c_void, p, n * 4))?;
+        Ok(host)
+    }
+
+    fn write_f32(&self, p: u64, data: &[f32]) -> Checked {
+        cu!(self.cuda, cuMemcpyHtoD_v2(p, data.as_ptr() as *const c_void, data.len() * 4))?;
+        Ok(())
+    }
+
+    fn device_count(&self) -> Checked<c_int> {
+        let mut count = 0;
+        cu!(self.cuda, cuDeviceGetCount(&mut count))?;
+        Ok(count)
+    }
+}
+
+fn prop_for(location_type: c_uint, id: c_int) -> CUmemAllocationProp {
+    CUmemAllocationProp::pinned(CUmemLocation { type_: location_type, id })
+}
+
+fn devices(s: &Session) -> Checked {
+    let count = s.device_count()?;
+    for d in 0..count {
+        let mut name = [0 as std::ffi::c_char; 128];
+        cu!(s.cuda, cuDeviceGetName(name.as_mut_ptr(), 128, d))?;
+        let mut total = 0usize;
+        cu!(s.cuda, cuDeviceTotalMem_v2(&mut total, d))?;
+        let mut peers = Vec::new();
+        for p in 0..count {
+            let mut can = 0;
+            if p != d {
+                cu!(s.cuda, cuDeviceCanAccessPeer(&mut can, d, p))?;
+            }
+            peers.push(can.to_string());
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy();
+        println!("device {d}: {name}, {} MiB, peers [{}]", total / MIB, peers.join(" "));
+    }
+    println!("ok: devices {count}");
+    Ok(())
+}
+
+/// One virtual range of device, host and device chunks; kernels across the seams.
+fn stitched(s: &Session) -> Checked {
+    let mut granularity = 0usize;
+    let device_prop = prop_for(CU_MEM_LOCATION_TYPE_DEVICE, 0);
+    cu!(s.cuda, cuMemGetAllocationGranularity(&mut granularity, &device_prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM))?;
+    let chunk = granularity;
+    let size = 3 * chunk;
+    let mut base = 0u64;
+    cu!(s.cuda, cuMemAddressReserve(&mut base, size, 0, 0, 0))?;
+    let places = [(CU_MEM_LOCATION_TYPE_DEVICE, 0), (CU_MEM_LOCATION_TYPE_HOST_NUMA, 0), (CU_MEM_LOCATION_TYPE_DEVICE, 0)];
+    let mut handles = Vec::new();
+    for (i, (kind, id)) in places.iter().enumerate() {
+        let mut handle = 0;
+        cu!(s.cuda, cuMemCreate(&mut handle, chunk, &prop_for(*kind, *id), 0))?;
+        let at = base + (i * chunk) as u64;
+        cu!(s.cuda, cuMemMap(at, chunk, 0, handle, 0))?;
+        let mut access = vec![CUmemAccessDesc { location: CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: 0 }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE }];
+        if *kind == CU_MEM_LOCATION_TYPE_HOST_NUMA {
+            access.push(CUmemAccessDesc { location: CUmemLocation { type_: CU_MEM_LOCATION_TYPE_HOST_NUMA, id: 0 }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE });
+        }
+        cu!(s.cuda, cuMemSetAccess(at, chunk, access.as_ptr(), access.len()))?;
+        handles.push(handle);
+    }
+    let n = size / 4;
+    s.fill(std::ptr::null_mut(), base, 1.5, n)?;
+    s.launch("scale_f32", std::ptr::null_mut(), &mut [&mut base.to_ne_bytes(), &mut 2f32.to_ne_bytes(), &mut (n as u64).to_ne_bytes()], n)?;
+    // A window straddling both seams.
+    let window_start = base + (chunk - 4096) as u64;
+    let window = chunk + 8192;
+    let mut out = 0u64;
+    cu!(s.cuda, cuMemAlloc_v2(&mut out, 4))?;
+    cu!(s.cuda, cuMemsetD32_v2(out, 0, 1))?;
+    s.launch("sum_f32", std::ptr::null_mut(), &mut [&mut window_start.to_ne_bytes(), &mut out.to_ne_bytes(), &mut ((window / 4) as u64).to_ne_bytes()], window / 4)?;
+    let sum = s.read_f32(out, 1)?[0];
+    ensure(sum == 3.0 * (window / 4) as f32, || format!("sum across the seams is {sum}, expected {}", 3.0 * (window / 4) as f32))?;
+    let values = s.read_f32(base, n)?;
+    let wrong = values.iter().position(|v| *v != 3.0);
+    ensure(wrong.is_none(), || format!("element {wrong:?} of the stitched range is not 3.0"))?;
+    // The CPU reads the host chunk through the same address.
+    let host_view = unsafe { std::slice::from_raw_parts((base + chunk as u64) as *const f32, chunk / 4) };
+    ensure(host_view.iter().all(|v| *v == 3.0), || "the CPU does not see the kernel's writes in the host chunk".into())?;
+    cu!(s.cuda, cuMemFree_v2(out))?;
+    cu!(s.cuda, cuCtxSynchronize())?;
+    cu!(s.cuda, cuMemUnmap(base, size))
+        .or_else(|_| (0..3).try_for_each(|i| cu!(s.cuda, cuMemUnmap(base + (i * chunk) as u64, chunk))))?;
+    for handle in handles {
+        cu!(s.cuda, cuMemRelease(handle))?;
+    }
+    cu!(s.cuda, cuMemAddressFree(base, size))?;
+    println!("ok: stitched device|host|device range of {} MiB computes across seams", size / MIB);
+    Ok(())
+}
+
+/// One physical allocation mapped at two addresses: writes through one show through the other.
+fn alias(s: &Session) -> Checked {
+    let chunk = 2 * MIB;
+    let mut handle = 0;
+    cu!(s.cuda, cuMemCreate(&mut handle, chunk, &prop_for(CU_MEM_LOCATION_TYPE_DEVICE, 0), 0))?;
+    let mut views = [0u64; 2];
+    for view in views.iter_mut() {
+        cu!(s.cuda, cuMemAddressReserve(view, chunk, 0, 0, 0))?;
+        cu!(s.cuda, cuMemMap(*view, chunk, 0, handle, 0))?;
+        let access = CUmemAccessDesc { location: CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: 0 }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+        cu!(s.cuda, cuMemSetAccess(*view, chunk, &access, 1))?;
+    }
+    let data: Vec<f32> = (0..chunk / 4).map(|i| i as f32).collect();
+    s.write_f32(views[0], &data)?;
+    ensure(s.read_f32(views[1], data.len())? == data, || "the second mapping does not alias the first".into())?;
+    // Releasing the handle keeps the memory while it is mapped.
+    cu!(s.cuda, cuMemRelease(handle))?;
+    ensure(s.read_f32(views[1], 4)? == data[..4], || "memory vanished while still mapped".into())?;
+    for view in views {
+        cu!(s.cuda, cuMemUnmap(view, chunk))?;
+        cu!(s.cuda, cuMemAddressFree(view, chunk))?;
+    }
+    println!("ok: two mappings of one allocation alias");
+    Ok(())
+}
+
+/// A kernel writes a reserved but unmapped range: a GPU faults (700), the fake dies of SIGSEGV.
+fn unmapped(s: &Session) -> Checked {
+    let mut base = 0u64;
+    cu!(s.cuda, cuMemAddressReserve(&mut base, 2 * MIB, 0, 0, 0))?;
+    s.fill(std::ptr::null_mut(), base, 1.0, 1024)?;
+    let code = s.cuda.api.cuCtxSynchronize.map_or(result::NOT_FOUND, |f| unsafe { f() });
+    ensure(code == result::ILLEGAL_ADDRESS, || format!("writing an unmapped range gave {code}, expected a fault"))?;
+    println!("ok: unmapped access faulted with CUDA_ERROR_ILLEGAL_ADDRESS");
+    Ok(())
+}
+
+/// Stream and event order under a kernel delay.
+fn order(s: &Session) -> Checked {
+    let n = 1 << 16;
+    let (mut a, mut b) = (std::ptr::null_mut(), std::ptr::null_mut());
+    cu!(s.cuda, cuStreamCreate(&mut a, CU_STREAM_NON_BLOCKING))?;
+    cu!(s.cuda, cuStreamCreate(&mut b, CU_STREAM_NON_BLOCKING))?;
+    let (mut src, mut dst) = (0u64, 0u64);
+    cu!(s.cuda, cuMemAlloc_v2(&mut src, n * 4))?;
+    cu!(s.cuda, cuMemAlloc_v2(&mut dst, n * 4))?;
+    let (mut start, mut done) = (std::ptr::null_mut(), std::ptr::null_mut());
+    cu!(s.cuda, cuEventCreate(&mut start, 0))?;
+    cu!(s.cuda, cuEventCreate(&mut done, 0))?;
+    let mut results = Vec::new();
+    for round in 0..20 {
+        let value = round as f32;
+        cu!(s.cuda, cuEventRecord(start, a))?;
+        s.fill(a, src, value + 100.0, n)?;
+        s.fill(a, src, value, n)?;
+        cu!(s.cuda, cuEventRecord(done, a))?;
+        cu!(s.cuda, cuStreamWaitEvent(b, done, 0))?;
+        s.launch("copy", b, &mut [&mut dst.to_ne_bytes(), &mut src.to_ne_bytes(), &mut ((n * 4) as u64).to_ne_bytes()], n * 4)?;
+        cu!(s.cuda, cuStreamSynchronize(b))?;
+        results.push(s.read_f32(dst, n)?.iter().all(|v| *v == value));
+    }
+    ensure(results.iter().all(|ok| *ok), || format!("stream b did not wait for stream a: {results:?}"))?;
+    let mut ms = 0f32;
+    cu!(s.cuda, cuEventElapsedTime(&mut ms, start, done))?;
+    let query = s.cuda.api.cuEventQuery.map_or(result::NOT_FOUND, |f| unsafe { f(done) });
+    ensure(query == result::SUCCESS, || format!("event query after sync gave {query}"))?;
+    for p in [src, dst] {
+        cu!(s.cuda, cuMemFree_v2(p))?;
+    }
+    cu!(s.cuda, cuStreamDestroy_v2(a))?;
+    cu!(s.cuda, cuStreamDestroy_v2(b))?;
+    println!("ok: 20 rounds ordered by events; last two kernels took {ms:.3} ms");
+    Ok(())
+}
+
+/// Allocates in 64 MiB steps until out of memory; frees everything; memory comes back.
+fn oom(s: &Session) -> Checked {
+    let (mut free0, mut total) = (0usize, 0usize);
+    cu!(s.cuda, cuMemGetInfo_v2(&mut free0, &mut total))?;
+    let step = 64 * MIB;
+    let mut pointers = Vec::new();
+    let code = loop {
+        let mut p = 0u64;
+        let code = s.cuda.api.cuMemAlloc_v2.map_or(result::NOT_FOUND, |f| unsafe { f(&mut p, step) });
+        if code != result::SUCCESS {
+            break code;
+        }
+        pointers.push(p);
+    };
+    ensure(code == result::OUT_OF_MEMORY, || format!("allocation ended with {code}, expected CUDA_ERROR_OUT_OF_MEMORY"))?;
+    let got = pointers.len() * step;
+    ensure(got + step > free0, || format!("only {} MiB of {} MiB free could be allocated", got / MIB, free0 / MIB))?;
+    let mut free1 = 0usize;
+    cu!(s.cuda, cuMemGetInfo_v2(&mut free1, &mut total))?;
+    for p in &pointers {
+        cu!(s.cuda, cuMemFree_v2(*p))?;
+    }
+    let mut free2 = 0usize;
+    cu!(s.cuda, cuMemGetInfo_v2(&mut free2, &mut total))?;
+    ensure(free2 == free0, || format!("free memory {} MiB after freeing, {} MiB before", free2 / MIB, free0 / MIB))?;
+    println!("ok: out of memory after {} MiB of {} MiB free (then {} MiB free); all returned", got / MIB, free0 / MIB, free1 / MIB);
+    Ok(())
+}
+
+/// Parameters passed as kernelParams, as a packed `extra` buffer, through cuLaunchKernelEx,
+/// and as a struct with embedded pointers; parameter layouts for functions and CUkernels.
+fn params(s: &Session) -> Checked {
+    let n = 4096usize;
+    let (mut a, mut b) = (0u64, 0u64);
+    cu!(s.cuda, cuMemAlloc_v2(&mut a, n * 4))?;
+    cu!(s.cuda, cuMemAlloc_v2(&mut b, n * 4))?;
+    s.fill(std::ptr::null_mut(), a, 7.0, n)?;
+    // Packed buffer, the way cuBLAS launches.
+    let mut packed = [0u8; 24];
+    packed[0..8].copy_from_slice(&a.to_ne_bytes());
+    packed[8..12].copy_from_slice(&3f32.to_ne_bytes());
+    packed[16..24].copy_from_slice(&(n as u64).to_ne_bytes());
+    let mut size = packed.len();
+    let mut extra = [
+        CU_LAUNCH_PARAM_BUFFER_POINTER as *mut c_void,
+        packed.as_mut_ptr() as *mut c_void,
+        CU_LAUNCH_PARAM_BUFFER_SIZE as *mut c_void,
+        &mut size as *mut usize as *mut c_void,
+        CU_LAUNCH_PARAM_END as *mut c_void,
+    ];
+    cu!(s.cuda, cuLaunchKernel(s.function("scale_f32"), 16, 1, 1, 256, 1, 1, 0, std::ptr::null_mut(), std::ptr::null_mut(), extra.as_mut_ptr()))?;
+    // The struct kernel through cuLaunchKernelEx.
+    let mut args = [0u8; 24];
+    args[0..8].copy_from_slice(&a.to_ne_bytes());
+    args[8..16].copy_from_slice(&b.to_ne_bytes());
+    args[16..24].copy_from_slice(&(n as u64).to_ne_bytes());
+    let mut params = [args.as_mut_ptr() as *mut c_void];
+    let config = CUlaunchConfig { gridDimX: 16, gridDimY: 1, gridDimZ: 1, blockDimX: 256, blockDimY: 1, blockDimZ: 1, sharedMemBytes: 0, hStream: std::ptr::null_mut(), attrs: std::ptr::null_mut(), numAttrs: 0 };
+    cu!(s.cuda, cuLaunchKernelEx(&config, s.function("struct_copy"), params.as_mut_ptr(), std::ptr::null_mut()))?;
+    ensure(s.read_f32(b, n)?.iter().all(|v| *v == 21.0), || "extra-buffer or struct launch computed the wrong values".into())?;
+
+    let (mut offset, mut size) = (0usize, 0usize);
+    cu!(s.cuda, cuFuncGetParamInfo(s.function("fill_f32"), 1, &mut offset, &mut size))?;
+    ensure((offset, size) == (8, 4), || format!("fill_f32 parameter 1 at {offset}+{size}, expected 8+4"))?;
+    let mut library = std::ptr::null_mut();
+    cu!(s.cuda, cuLibraryLoadData(&mut library, ptx::MODULE.as_ptr() as *const c_void, std::ptr::null_mut(), std::ptr::null_mut(), 0, std::ptr::null_mut(), std::ptr::null_mut(), 0))?;
+    let mut kernel = std::ptr::null_mut();
+    cu!(s.cuda, cuLibraryGetKernel(&mut kernel, library, c"struct_copy".as_ptr()))?;
+    let refused = s.cuda.api.cuFuncGetParamInfo.map_or(0, |f| unsafe { f(kernel, 0, &mut offset, &mut size) });
+    ensure(refused == result::INVALID_HANDLE, || format!("cuFuncGetParamInfo on a CUkernel gave {refused}, expected 400"))?;
+    let by_dlsym = unsafe { libc::dlsym(s.cuda.handle, c"cuKernelGetParamInfo".as_ptr()) };
+    ensure(by_dlsym.is_null(), || "cuKernelGetParamInfo should not be exported".into())?;
+    let get = s.cuda.api.cuGetProcAddress_v2.ok_or_else(|| "no cuGetProcAddress_v2".to_string())?;
+    let mut address = std::ptr::null_mut();
+    let mut status = 0;
+    vvram_harness::check(unsafe { get(c"cuKernelGetParamInfo".as_ptr(), &mut address, 12040, 0, &mut status) }, "cuGetProcAddress_v2(cuKernelGetParamInfo)")?;
+    let info: vvram_cuda::pfn::cuKernelGetParamInfo = unsafe { std::mem::transmute(address) };
+    vvram_harness::check(unsafe { info(kernel, 0, &mut offset, &mut size) }, "cuKernelGetParamInfo")?;
+    ensure((offset, size) == (0, 24), || format!("struct_copy parameter 0 at {offset}+{size}, expected 0+24"))?;
+    // A CUkernel launches through cuLaunchKernel like a function.
+    let mut params = [args.as_mut_ptr() as *mut c_void];
+    cu!(s.cuda, cuMemsetD32_v2(b, 0, n))?;
+    cu!(s.cuda, cuLaunchKernel(kernel, 16, 1, 1, 256, 1, 1, 0, std::ptr::null_mut(), params.as_mut_ptr(), std::ptr::null_mut()))?;
+    ensure(s.read_f32(b, n)?.iter().all(|v| *v == 21.0), || "CUkernel launch computed the wrong values".into())?;
+    for p in [a, b] {
+        cu!(s.cuda, cuMemFree_v2(p))?;
+    }
+    println!("ok: kernelParams, extra buffer, cuLaunchKernelEx, struct parameter, param info");
+    Ok(())
+}
+
+/// Calls cuMemCreate N times and prints each result (for fault injection tests).
+fn create_calls(s: &Session, count: usize) -> Checked {
+    let mut codes = Vec::new();
+    for _ in 0..count {
+        let mut handle = 0;
+        let code = s.cuda.api.cuMemCreate.map_or(result::NOT_FOUND, |f| unsafe { f(&mut handle, 2 * MIB, &prop_for(CU_MEM_LOCATION_TYPE_DEVICE, 0), 0) });
+        if code == result::SUCCESS {
+            cu!(s.cuda, cuMemRelease(handle))?;
+        }
+        codes.push(code.to_string());
+    }
+    println!("cuMemCreate results: {}", codes.join(" "));
+    Ok(())
+}
+
+fn run(args: &[String]) -> Checked {
+    let mut args = args.to_vec();
+    let mut door = Door::Dlsym;
+    if let Some(i) = args.iter().position(|a| a == "--door") {
+        door = args.get(i + 1).ok_or_else(|| "--door needs a value".to_string())?.parse()?;
+        args.drain(i..i + 2);
+    }
+    let scenario = args.first().cloned().unwrap_or_default();
+    let started = Instant::now();
+    let s = Session::open(door, 0)?;
+    match scenario.as_str() {
+        "devices" => devices(&s)?,
+        "stitched" => stitched(&s)?,
+        "alias" => alias(&s)?,
+        "unmapped" => unmapped(&s)?,
+        "order" => order(&s)?,
+        "oom" => oom(&s)?,
+        "params" => params(&s)?,
+        "create-calls" => create_calls(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(4))?,
+        "all" => {
+            devices(&s)?;
+            stitched(&s)?;
+            alias(&s)?;
+            order(&s)?;
+            params(&s)?;
+            oom(&s)?;
+        }
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, create-calls N, all"))),
+    }
+    eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(Failure(message)) = run(&args) {
+        eprintln!("cuda-exercise: {message}");
+        std::process::exit(1);
+    }
+}

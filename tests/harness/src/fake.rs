@@ -1,0 +1,52 @@
+//! Running test programs on the fake driver (for the integration tests).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The directory holding the cargo build's cdylibs and binaries for a test executable
+/// (`target/<profile>`), found from the running test.
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// A directory with `libcuda.so.1` pointing at the fake driver, for `LD_LIBRARY_PATH`.
+pub fn fake_driver_dir() -> PathBuf {
+    let build = build_dir();
+    let library = [build.join("deps/libcuda.so"), build.join("libcuda.so")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("the fake driver (libcuda.so) is built: cargo builds it as a dev-dependency");
+    let dir = build.join("fakecuda-lib");
+    std::fs::create_dir_all(&dir).expect("create fakecuda-lib");
+    let link = dir.join("libcuda.so.1");
+    if std::fs::read_link(&link).ok().as_deref() != Some(library.as_path()) {
+        // Tests run in parallel: build the link aside and rename it into place atomically.
+        let staging = dir.join(format!("libcuda.so.1.{}.{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_file(&staging);
+        std::os::unix::fs::symlink(&library, &staging).expect("symlink libcuda.so.1");
+        std::fs::rename(&staging, &link).expect("rename libcuda.so.1 into place");
+    }
+    dir
+}
+
+/// A command for `program` that loads the fake driver as `libcuda.so.1`.
+pub fn on_fake_driver(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.env("LD_LIBRARY_PATH", fake_driver_dir());
+    for var in ["FAKECUDA_DEVICES", "FAKECUDA_PEERS", "FAKECUDA_HOST", "FAKECUDA_KERNEL_US", "FAKECUDA_FAIL", "LD_PRELOAD", "VVRAM_POLICY", "VVRAM_ALLOC"] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Output as text, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,124 @@
+//! A small client of the CUDA driver API, loaded the way applications load it, used by
+//! the test programs here on the fake driver and on real GPUs.
+
+pub mod fake;
+pub mod ptx;
+
+use std::ffi::{CStr, CString, c_int, c_void};
+use vvram_cuda::{CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, CUresult, DriverApi, result};
+
+/// How the program reaches the driver's entry points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `dlsym` on the `libcuda.so.1` handle, by exact symbol name (PyTorch's DriverAPI).
+    Dlsym,
+    /// `cuGetProcAddress_v2` by base name at version 12000 (libcudart's path).
+    ProcAddress,
+    /// `cuGetProcAddress_v2` with `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`.
+    ProcAddressPerThread,
+}
+
+impl std::str::FromStr for Door {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Door, String> {
+        match text {
+            "dlsym" => Ok(Door::Dlsym),
+            "procaddress" => Ok(Door::ProcAddress),
+            "procaddress-ptds" => Ok(Door::ProcAddressPerThread),
+            _ => Err(format!("unknown door `{text}`: expected dlsym, procaddress or procaddress-ptds")),
+        }
+    }
+}
+
+/// The loaded driver.
+pub struct Cuda {
+    /// Entry points.
+    pub api: DriverApi,
+    /// The `libcuda.so.1` handle.
+    pub handle: *mut c_void,
+}
+
+/// A failed driver call: what was called and what it returned.
+#[derive(Debug)]
+pub struct CallError {
+    /// The call.
+    pub what: String,
+    /// Its result.
+    pub code: CUresult,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = result::name(self.code).map_or("unknown".into(), |n| n.to_string_lossy().into_owned());
+        write!(f, "{} failed: {} ({name})", self.what, self.code)
+    }
+}
+
+/// Turns a result code into a `Result`.
+pub fn check(code: CUresult, what: &str) -> Result<(), CallError> {
+    if code == result::SUCCESS { Ok(()) } else { Err(CallError { what: what.to_string(), code }) }
+}
+
+/// The symbol names' base form for `cuGetProcAddress`: without `_v2`/`_v3` and stream suffixes.
+pub fn base_name(symbol: &str) -> &str {
+    let mut name = symbol;
+    for suffix in ["_ptsz", "_ptds"] {
+        name = name.strip_suffix(suffix).unwrap_or(name);
+    }
+    for suffix in ["_v2", "_v3"] {
+        name = name.strip_suffix(suffix).unwrap_or(name);
+    }
+    name
+}
+
+impl Cuda {
+    /// Opens `libcuda.so.1` and resolves every entry point through `door`.
+    pub fn load(door: Door) -> Result<Cuda, String> {
+        // SAFETY: plain dlopen/dlsym of the driver, as applications do.
+        let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if handle.is_null() {
+            let message = unsafe { CStr::from_ptr(libc::dlerror()) }.to_string_lossy().into_owned();
+            return Err(format!("cannot open libcuda.so.1: {message}"));
+        }
+        let by_dlsym = |name: &'static [u8]| unsafe { libc::dlsym(handle, name.as_ptr() as *const _) };
+        let api = match door {
+            Door::Dlsym => DriverApi::load(by_dlsym),
+            Door::ProcAddress | Door::ProcAddressPerThread => {
+                let get = by_dlsym(b"cuGetProcAddress_v2\0");
+                if get.is_null() {
+                    return Err("libcuda.so.1 has no cuGetProcAddress_v2".into());
+                }
+                // SAFETY: cuGetProcAddress_v2 has this signature.
+                let get: vvram_cuda::pfn::cuGetProcAddress_v2 = unsafe { std::mem::transmute(get) };
+                let flags = if door == Door::ProcAddressPerThread { CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM } else { 0 };
+                DriverApi::load(|name| {
+                    let symbol = std::str::from_utf8(&name[..name.len() - 1]).unwrap_or("");
+                    let wants_per_thread = symbol.ends_with("_ptsz") || symbol.ends_with("_ptds");
+                    let base = CString::new(base_name(symbol)).unwrap_or_default();
+                    let mut address = std::ptr::null_mut();
+                    let mut status: c_int = 0;
+                    let flags = if wants_per_thread { CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM } else { flags };
+                    // The 4-argument cuGetProcAddress is what versions before 12000 get.
+                    let version = if symbol == "cuGetProcAddress" { 11030 } else { 13000 };
+                    // SAFETY: valid pointers for the outputs.
+                    let code = unsafe { get(base.as_ptr(), &mut address, version, flags, &mut status) };
+                    if code == result::SUCCESS { address } else { std::ptr::null_mut() }
+                })
+            }
+        };
+        Ok(Cuda { api, handle })
+    }
+}
+
+/// Calls a driver entry point through its `Option` slot, as `check`ed `Result`.
+#[macro_export]
+macro_rules! cu {
+    ($cuda:expr, $name:ident ( $($arg:expr),* $(,)? )) => {{
+        match $cuda.api.$name {
+            // SAFETY: arguments are the caller's responsibility, as with the C API.
+            Some(f) => $crate::check(unsafe { f($($arg),*) }, stringify!($name)),
+            None => Err($crate::CallError { what: concat!(stringify!($name), " (missing)").to_string(), code: vvram_cuda::result::NOT_FOUND }),
+        }
+    }};
+}

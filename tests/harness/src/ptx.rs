@@ -1,0 +1,54 @@
+//! The test kernels as PTX, so the same program runs on a real GPU. The fake driver
+//! recognises the same entry names and runs its built-in versions.
+
+/// A module with `fill_f32`, `scale_f32`, `sum_f32`, `copy` and `struct_copy`
+/// (parameter layouts in tests/fakecuda/src/kernels.rs), NUL-terminated.
+pub const MODULE: &str = concat!(
+    ".version 7.0\n.target sm_70\n.address_size 64\n\n",
+    // p[i] = value
+    ".visible .entry fill_f32(.param .u64 fill_p, .param .f32 fill_v, .param .u64 fill_n)\n{\n",
+    "  .reg .pred %p<2>;\n  .reg .f32 %f<2>;\n  .reg .b32 %r<5>;\n  .reg .b64 %rd<8>;\n",
+    "  ld.param.u64 %rd1, [fill_p];\n  ld.param.f32 %f1, [fill_v];\n  ld.param.u64 %rd2, [fill_n];\n",
+    "  mov.u32 %r1, %ctaid.x;\n  mov.u32 %r2, %ntid.x;\n  mov.u32 %r3, %tid.x;\n  mov.u32 %r4, %nctaid.x;\n",
+    "  mul.wide.u32 %rd3, %r1, %r2;\n  cvt.u64.u32 %rd4, %r3;\n  add.u64 %rd3, %rd3, %rd4;\n  mul.wide.u32 %rd5, %r4, %r2;\n",
+    "FILL_LOOP:\n  setp.ge.u64 %p1, %rd3, %rd2;\n  @%p1 bra FILL_DONE;\n",
+    "  shl.b64 %rd6, %rd3, 2;\n  add.u64 %rd7, %rd1, %rd6;\n  st.global.f32 [%rd7], %f1;\n",
+    "  add.u64 %rd3, %rd3, %rd5;\n  bra FILL_LOOP;\nFILL_DONE:\n  ret;\n}\n\n",
+    // p[i] *= factor
+    ".visible .entry scale_f32(.param .u64 scale_p, .param .f32 scale_v, .param .u64 scale_n)\n{\n",
+    "  .reg .pred %p<2>;\n  .reg .f32 %f<3>;\n  .reg .b32 %r<5>;\n  .reg .b64 %rd<8>;\n",
+    "  ld.param.u64 %rd1, [scale_p];\n  ld.param.f32 %f1, [scale_v];\n  ld.param.u64 %rd2, [scale_n];\n",
+    "  mov.u32 %r1, %ctaid.x;\n  mov.u32 %r2, %ntid.x;\n  mov.u32 %r3, %tid.x;\n  mov.u32 %r4, %nctaid.x;\n",
+    "  mul.wide.u32 %rd3, %r1, %r2;\n  cvt.u64.u32 %rd4, %r3;\n  add.u64 %rd3, %rd3, %rd4;\n  mul.wide.u32 %rd5, %r4, %r2;\n",
+    "SCALE_LOOP:\n  setp.ge.u64 %p1, %rd3, %rd2;\n  @%p1 bra SCALE_DONE;\n",
+    "  shl.b64 %rd6, %rd3, 2;\n  add.u64 %rd7, %rd1, %rd6;\n  ld.global.f32 %f2, [%rd7];\n  mul.f32 %f2, %f2, %f1;\n  st.global.f32 [%rd7], %f2;\n",
+    "  add.u64 %rd3, %rd3, %rd5;\n  bra SCALE_LOOP;\nSCALE_DONE:\n  ret;\n}\n\n",
+    // *out += sum(input[0..n])
+    ".visible .entry sum_f32(.param .u64 sum_in, .param .u64 sum_out, .param .u64 sum_n)\n{\n",
+    "  .reg .pred %p<2>;\n  .reg .f32 %f<4>;\n  .reg .b32 %r<5>;\n  .reg .b64 %rd<9>;\n",
+    "  ld.param.u64 %rd1, [sum_in];\n  ld.param.u64 %rd8, [sum_out];\n  ld.param.u64 %rd2, [sum_n];\n",
+    "  mov.u32 %r1, %ctaid.x;\n  mov.u32 %r2, %ntid.x;\n  mov.u32 %r3, %tid.x;\n  mov.u32 %r4, %nctaid.x;\n",
+    "  mul.wide.u32 %rd3, %r1, %r2;\n  cvt.u64.u32 %rd4, %r3;\n  add.u64 %rd3, %rd3, %rd4;\n  mul.wide.u32 %rd5, %r4, %r2;\n",
+    "  mov.f32 %f1, 0f00000000;\n",
+    "SUM_LOOP:\n  setp.ge.u64 %p1, %rd3, %rd2;\n  @%p1 bra SUM_DONE;\n",
+    "  shl.b64 %rd6, %rd3, 2;\n  add.u64 %rd7, %rd1, %rd6;\n  ld.global.f32 %f2, [%rd7];\n  add.f32 %f1, %f1, %f2;\n",
+    "  add.u64 %rd3, %rd3, %rd5;\n  bra SUM_LOOP;\nSUM_DONE:\n  atom.global.add.f32 %f3, [%rd8], %f1;\n  ret;\n}\n\n",
+    // memcpy(dst, src, bytes)
+    ".visible .entry copy(.param .u64 copy_dst, .param .u64 copy_src, .param .u64 copy_n)\n{\n",
+    "  .reg .pred %p<2>;\n  .reg .b16 %h<2>;\n  .reg .b32 %r<5>;\n  .reg .b64 %rd<9>;\n",
+    "  ld.param.u64 %rd1, [copy_dst];\n  ld.param.u64 %rd8, [copy_src];\n  ld.param.u64 %rd2, [copy_n];\n",
+    "  mov.u32 %r1, %ctaid.x;\n  mov.u32 %r2, %ntid.x;\n  mov.u32 %r3, %tid.x;\n  mov.u32 %r4, %nctaid.x;\n",
+    "  mul.wide.u32 %rd3, %r1, %r2;\n  cvt.u64.u32 %rd4, %r3;\n  add.u64 %rd3, %rd3, %rd4;\n  mul.wide.u32 %rd5, %r4, %r2;\n",
+    "COPY_LOOP:\n  setp.ge.u64 %p1, %rd3, %rd2;\n  @%p1 bra COPY_DONE;\n",
+    "  add.u64 %rd6, %rd8, %rd3;\n  add.u64 %rd7, %rd1, %rd3;\n  ld.global.u8 %h1, [%rd6];\n  st.global.u8 [%rd7], %h1;\n",
+    "  add.u64 %rd3, %rd3, %rd5;\n  bra COPY_LOOP;\nCOPY_DONE:\n  ret;\n}\n\n",
+    // dst[i] = src[i], from one struct parameter { src, dst, n }
+    ".visible .entry struct_copy(.param .align 8 .b8 sc_args[24])\n{\n",
+    "  .reg .pred %p<2>;\n  .reg .f32 %f<2>;\n  .reg .b32 %r<5>;\n  .reg .b64 %rd<10>;\n",
+    "  ld.param.u64 %rd8, [sc_args];\n  ld.param.u64 %rd1, [sc_args+8];\n  ld.param.u64 %rd2, [sc_args+16];\n",
+    "  mov.u32 %r1, %ctaid.x;\n  mov.u32 %r2, %ntid.x;\n  mov.u32 %r3, %tid.x;\n  mov.u32 %r4, %nctaid.x;\n",
+    "  mul.wide.u32 %rd3, %r1, %r2;\n  cvt.u64.u32 %rd4, %r3;\n  add.u64 %rd3, %rd3, %rd4;\n  mul.wide.u32 %rd5, %r4, %r2;\n",
+    "SC_LOOP:\n  setp.ge.u64 %p1, %rd3, %rd2;\n  @%p1 bra SC_DONE;\n",
+    "  shl.b64 %rd6, %rd3, 2;\n  add.u64 %rd7, %rd8, %rd6;\n  ld.global.f32 %f1, [%rd7];\n  add.u64 %rd9, %rd1, %rd6;\n  st.global.f32 [%rd9], %f1;\n",
+    "  add.u64 %rd3, %rd3, %rd5;\n  bra SC_LOOP;\nSC_DONE:\n  ret;\n}\n\0",
+);

@@ -1,0 +1,81 @@
+//! The fake driver, loaded through `dlopen("libcuda.so.1")` with `LD_LIBRARY_PATH`, as
+//! a real process loads the real one.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Output;
+use vvram_harness::fake::{describe, on_fake_driver};
+
+fn exercise(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = on_fake_driver(env!("CARGO_BIN_EXE_cuda-exercise").as_ref());
+    command.args(args).env("FAKECUDA_DEVICES", "256MiB,256MiB");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn passes(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = exercise(args, env);
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn stitched_device_and_host_chunks_read_back() {
+    assert!(passes(&["stitched"], &[]).contains("ok: stitched"));
+}
+
+#[test]
+fn two_mappings_of_one_allocation_alias() {
+    assert!(passes(&["alias"], &[]).contains("ok: two mappings"));
+}
+
+#[test]
+fn touching_an_unmapped_range_kills_the_process() {
+    let out = exercise(&["unmapped"], &[]);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{}", describe(&out));
+}
+
+#[test]
+fn stream_and_event_order_hold_under_kernel_delay() {
+    assert!(passes(&["order"], &[("FAKECUDA_KERNEL_US", "3000")]).contains("ok: 20 rounds"));
+}
+
+#[test]
+fn out_of_memory_at_the_configured_size() {
+    let stdout = passes(&["oom"], &[("FAKECUDA_DEVICES", "320MiB")]);
+    assert!(stdout.contains("out of memory after 320 MiB of 320 MiB"), "{stdout}");
+}
+
+#[test]
+fn injected_faults_return_the_configured_error() {
+    let stdout = passes(&["create-calls", "5"], &[("FAKECUDA_FAIL", "cuMemCreate:2=999,cuMemCreate:every:4")]);
+    assert!(stdout.contains("cuMemCreate results: 0 999 0 2 0"), "{stdout}");
+}
+
+#[test]
+fn launches_and_parameter_layouts_behave_as_driver_580() {
+    assert!(passes(&["params"], &[]).contains("ok: kernelParams"));
+}
+
+#[test]
+fn every_door_reaches_the_same_driver() {
+    for door in ["dlsym", "procaddress", "procaddress-ptds"] {
+        let stdout = passes(&["--door", door, "all"], &[]);
+        assert!(stdout.matches("ok: ").count() == 6, "{door}: {stdout}");
+    }
+}
+
+#[test]
+fn configured_devices_and_peers_are_listed() {
+    let stdout = passes(&["devices"], &[("FAKECUDA_DEVICES", "1GiB,2GiB,3GiB"), ("FAKECUDA_PEERS", "0-1")]);
+    assert!(stdout.contains("device 0: fakecuda GPU, 1024 MiB, peers [0 1 0]"), "{stdout}");
+    assert!(stdout.contains("device 2: fakecuda GPU, 3072 MiB, peers [0 0 0]"), "{stdout}");
+}
+
+#[test]
+fn a_malformed_configuration_stops_the_process() {
+    let out = exercise(&["devices"], &[("FAKECUDA_DEVICES", "24XB")]);
+    assert_eq!(out.status.code(), Some(86), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FAKECUDA_DEVICES `24XB`"));
+}
