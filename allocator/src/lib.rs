@@ -1,0 +1,18 @@
+//! vvram's virtual memory manager.
+//!
+//! All placement decisions live here, behind the [`Driver`] trait, so they are tested
+//! with the in-memory [`MemoryDriver`]; the shim only translates C calls into calls of
+//! [`MemoryManager`]. See `manager` for the memory model.
+
+mod driver;
+mod manager;
+mod memory_driver;
+
+pub use driver::{Driver, EventId, Handle, Location};
+pub use manager::{
+    AllocationInfo, CHUNK, Counters, DeviceUsage, MemoryManager, Request, SMALL_ALIGN, SMALL_LIMIT, Segment, TierUsage,
+};
+pub use memory_driver::{Calls, MemoryDriver};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,711 @@
+//! The memory manager: every vvram allocation is a virtual extent whose 2 MiB chunks are
+//! backed by physical memory on the tier the policy's rules choose.
+//!
+//! * A request of [`SMALL_LIMIT`] bytes or more gets its own extent: a range of the
+//!   device's reserved address space, chunk by chunk placed on the first tier of its rule
+//!   with room, mapped, and made accessible to the compute device (and host chunks to the
+//!   CPU, for the fast copy path). A tier whose driver says out-of-memory is skipped for
+//!   the rest of the request, so an extent can straddle tiers.
+//! * Smaller requests share slabs: single chunks on one tier, carved first-fit.
+//! * When no tier has room, the request fails with `CUDA_ERROR_OUT_OF_MEMORY` and
+//!   everything taken for it is given back.
+//! * Freed host chunks return to a pool of pinned memory, which a background thread keeps
+//!   filled to the policy's `pin_ahead` (creating pinned memory is slow).
+
+use crate::driver::{Driver, EventId, Handle, Location};
+use std::collections::{BTreeMap, HashMap};
+use vvram_cuda::{CUresult, result};
+use vvram_policy::{Plan, Tier};
+
+/// Physical chunk size: the allocation granularity of current GPUs and of host memory.
+pub const CHUNK: u64 = 2 << 20;
+/// Requests below this share slabs; requests at or above it get their own extent.
+pub const SMALL_LIMIT: u64 = 1 << 20;
+/// Alignment of allocations inside slabs (cudaMalloc guarantees 256).
+pub const SMALL_ALIGN: u64 = 512;
+
+/// An allocation request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Compute device (the current context's device).
+    pub device: u32,
+    /// Bytes asked for.
+    pub size: u64,
+    /// The current phase, if one is set.
+    pub phase: Option<&'a str>,
+    /// The current allocation tag, if one is set.
+    pub tag: Option<&'a str>,
+}
+
+/// What is known about an address inside a vvram allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocationInfo {
+    /// The allocation's first byte.
+    pub base: u64,
+    /// Bytes asked for.
+    pub size: u64,
+    /// Compute device it was allocated for.
+    pub device: u32,
+    /// A unique id (`CU_POINTER_ATTRIBUTE_BUFFER_ID`).
+    pub id: u64,
+}
+
+/// A piece of a copy destination: host-tier memory the CPU can write, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// First byte.
+    pub address: u64,
+    /// Length.
+    pub len: u64,
+    /// Backed by host memory the CPU may write directly.
+    pub host: bool,
+}
+
+/// Bytes on one tier of one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierUsage {
+    /// The tier.
+    pub tier: Tier,
+    /// Bytes of physical memory in use.
+    pub used: u64,
+    /// The tier's budget.
+    pub capacity: u64,
+}
+
+/// One compute device's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceUsage {
+    /// Compute device.
+    pub device: u32,
+    /// Per tier, local first.
+    pub tiers: Vec<TierUsage>,
+    /// Live allocations.
+    pub allocations: u64,
+    /// What the application is told the card holds.
+    pub reported_total: u64,
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Allocations served.
+    pub allocations: u64,
+    /// Allocations freed.
+    pub frees: u64,
+    /// Requests refused with out-of-memory.
+    pub out_of_memory: u64,
+    /// Bytes copied host-to-device by the CPU into host-tier memory.
+    pub fast_h2d_bytes: u64,
+    /// Driver errors other than out-of-memory.
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    tier: Tier,
+    handle: Handle,
+}
+
+#[derive(Debug)]
+enum Backing {
+    Extent(Vec<Chunk>),
+    InSlab(u64),
+}
+
+#[derive(Debug)]
+struct Allocation {
+    device: u32,
+    size: u64,
+    span: u64,
+    id: u64,
+    backing: Backing,
+}
+
+#[derive(Debug)]
+struct Slab {
+    device: u32,
+    chunk: Chunk,
+    free: BTreeMap<u64, u64>,
+    live: usize,
+}
+
+struct Space {
+    device: u32,
+    free: BTreeMap<u64, u64>,
+    reservations: Vec<(u64, u64)>,
+    used: HashMap<Tier, u64>,
+    allocations: u64,
+}
+
+struct AppHandle {
+    device: u32,
+    tier: Tier,
+    size: u64,
+}
+
+/// The memory manager of one process.
+pub struct MemoryManager<D: Driver> {
+    driver: D,
+    plan: Plan,
+    spaces: Vec<Space>,
+    allocations: BTreeMap<u64, Allocation>,
+    slabs: BTreeMap<u64, Slab>,
+    pending_frees: Vec<(u64, EventId)>,
+    pool: Vec<Handle>,
+    app_handles: HashMap<Handle, AppHandle>,
+    next_id: u64,
+    counters: Counters,
+}
+
+fn round_up(value: u64, to: u64) -> u64 {
+    value.div_ceil(to) * to
+}
+
+impl<D: Driver> MemoryManager<D> {
+    /// A manager for `plan`, using `driver`. Reserves nothing until the first request.
+    pub fn new(driver: D, plan: Plan) -> MemoryManager<D> {
+        MemoryManager {
+            driver,
+            plan,
+            spaces: Vec::new(),
+            allocations: BTreeMap::new(),
+            slabs: BTreeMap::new(),
+            pending_frees: Vec::new(),
+            pool: Vec::new(),
+            app_handles: HashMap::new(),
+            next_id: 1,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// The plan in force.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Replaces the plan. Existing allocations stay where they are; new requests follow
+    /// the new plan.
+    pub fn set_plan(&mut self, plan: Plan) {
+        self.plan = plan;
+        self.trim_pool();
+    }
+
+    /// Whether requests for `device` are placed by vvram (the policy configures it).
+    pub fn manages(&self, device: u32) -> bool {
+        self.plan.device(device).is_some()
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Counts bytes the CPU copied into host-tier memory.
+    pub fn count_fast_h2d(&mut self, bytes: u64) {
+        self.counters.fast_h2d_bytes += bytes;
+    }
+
+    fn space_index(&mut self, device: u32) -> Result<usize, CUresult> {
+        if let Some(i) = self.spaces.iter().position(|s| s.device == device) {
+            return Ok(i);
+        }
+        let span = self.reservation_size(device, 0);
+        let base = self.driver.reserve(span)?;
+        self.spaces.push(Space {
+            device,
+            free: BTreeMap::from([(base, span)]),
+            reservations: vec![(base, span)],
+            used: HashMap::new(),
+            allocations: 0,
+        });
+        Ok(self.spaces.len() - 1)
+    }
+
+    /// Address space to reserve at a time: twice the device's virtual size, at least 4 GiB.
+    fn reservation_size(&self, device: u32, at_least: u64) -> u64 {
+        let virtual_total: u64 = self.plan.device(device).map_or(0, |d| d.tiers().map(|(_, c)| c).sum());
+        round_up((2 * virtual_total).max(4 << 30).max(at_least), 1 << 30)
+    }
+
+    fn take_address_space(&mut self, space: usize, len: u64) -> Result<u64, CUresult> {
+        let found = self.spaces[space].free.iter().find(|(_, l)| **l >= len).map(|(a, l)| (*a, *l));
+        let (start, free_len) = match found {
+            Some(found) => found,
+            None => {
+                let span = self.reservation_size(self.spaces[space].device, len);
+                let base = self.driver.reserve(span)?;
+                self.spaces[space].reservations.push((base, span));
+                (base, span)
+            }
+        };
+        let free = &mut self.spaces[space].free;
+        free.remove(&start);
+        if free_len > len {
+            free.insert(start + len, free_len - len);
+        }
+        Ok(start)
+    }
+
+    fn give_back_address_space(&mut self, space: usize, start: u64, len: u64) {
+        insert_merged(&mut self.spaces[space].free, start, len);
+    }
+
+    fn capacity(&self, device: u32, tier: Tier) -> u64 {
+        self.plan.device(device).map_or(0, |d| d.capacity(tier))
+    }
+
+    fn location(device: u32, tier: Tier) -> Location {
+        match tier {
+            Tier::Local => Location::Device(device),
+            Tier::Peer(n) => Location::Device(n),
+            Tier::Host => Location::Host,
+        }
+    }
+
+    /// Takes one chunk on the first tier of `order` with room, skipping tiers in `full`.
+    fn acquire_chunk(&mut self, space: usize, order: &[Tier], full: &mut Vec<Tier>) -> Result<Chunk, CUresult> {
+        let device = self.spaces[space].device;
+        for &tier in order {
+            if full.contains(&tier) {
+                continue;
+            }
+            let used = self.spaces[space].used.get(&tier).copied().unwrap_or(0);
+            if used + CHUNK > self.capacity(device, tier) {
+                full.push(tier);
+                continue;
+            }
+            let physical = match (tier, self.pool.pop()) {
+                (Tier::Host, Some(handle)) => Ok(handle),
+                (Tier::Host, None) => self.driver.create(CHUNK, Location::Host),
+                (tier, pooled) => {
+                    self.pool.extend(pooled);
+                    self.driver.create(CHUNK, Self::location(device, tier))
+                }
+            };
+            match physical {
+                Ok(handle) => {
+                    *self.spaces[space].used.entry(tier).or_default() += CHUNK;
+                    return Ok(Chunk { tier, handle });
+                }
+                Err(result::OUT_OF_MEMORY) => full.push(tier),
+                Err(code) => {
+                    self.counters.errors += 1;
+                    return Err(code);
+                }
+            }
+        }
+        Err(result::OUT_OF_MEMORY)
+    }
+
+    fn return_chunk(&mut self, space: usize, chunk: Chunk) {
+        if let Some(used) = self.spaces[space].used.get_mut(&chunk.tier) {
+            *used -= CHUNK;
+        }
+        if chunk.tier == Tier::Host && (self.pool.len() as u64 + 1) * CHUNK <= self.plan.host_pool {
+            self.pool.push(chunk.handle);
+        } else if self.driver.release(chunk.handle).is_err() {
+            self.counters.errors += 1;
+        }
+    }
+
+    /// Maps chunks at `start` and grants access, host chunks to the CPU as well.
+    fn map_chunks(&mut self, device: u32, start: u64, chunks: &[Chunk]) -> Result<usize, (usize, CUresult)> {
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.driver.map(start + i as u64 * CHUNK, CHUNK, chunk.handle).map_err(|e| (i, e))?;
+        }
+        let mut run_start = 0;
+        for i in 1..=chunks.len() {
+            let run_host = chunks[run_start].tier == Tier::Host;
+            if i == chunks.len() || (chunks[i].tier == Tier::Host) != run_host {
+                let address = start + run_start as u64 * CHUNK;
+                let len = (i - run_start) as u64 * CHUNK;
+                self.driver.set_access(address, len, device, run_host).map_err(|e| (chunks.len(), e))?;
+                run_start = i;
+            }
+        }
+        Ok(chunks.len())
+    }
+
+    fn unmap_chunks(&mut self, start: u64, count: usize) {
+        for i in 0..count {
+            if self.driver.unmap(start + i as u64 * CHUNK, CHUNK).is_err() {
+                self.counters.errors += 1;
+            }
+        }
+    }
+
+    /// Allocates for a device the policy manages.
+    pub fn allocate(&mut self, request: Request) -> Result<u64, CUresult> {
+        self.reclaim();
+        let first = self.try_allocate(request);
+        let outcome = match first {
+            Err(result::OUT_OF_MEMORY) if !self.pending_frees.is_empty() => {
+                // Memory freed stream-ordered may be waiting for its stream: wait, then retry.
+                self.driver.synchronize()?;
+                self.reclaim();
+                self.try_allocate(request)
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(_) => self.counters.allocations += 1,
+            Err(result::OUT_OF_MEMORY) => self.counters.out_of_memory += 1,
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    fn try_allocate(&mut self, request: Request) -> Result<u64, CUresult> {
+        if request.size == 0 {
+            return Err(result::INVALID_VALUE);
+        }
+        let plan = self.plan.device(request.device).ok_or(result::INVALID_VALUE)?;
+        let order = plan.placement(request.size, request.phase, request.tag);
+        let space = self.space_index(request.device)?;
+        if request.size < SMALL_LIMIT {
+            return self.allocate_small(space, request, &order);
+        }
+        let span = round_up(request.size, CHUNK);
+        let start = self.take_address_space(space, span)?;
+        let mut chunks = Vec::with_capacity((span / CHUNK) as usize);
+        let mut full = Vec::new();
+        let mut failure = None;
+        while (chunks.len() as u64) < span / CHUNK {
+            match self.acquire_chunk(space, &order, &mut full) {
+                Ok(chunk) => chunks.push(chunk),
+                Err(code) => {
+                    failure = Some(code);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            if let Err((mapped, code)) = self.map_chunks(request.device, start, &chunks) {
+                self.unmap_chunks(start, mapped);
+                self.counters.errors += 1;
+                failure = Some(code);
+            }
+        }
+        if let Some(code) = failure {
+            for chunk in chunks {
+                self.return_chunk(space, chunk);
+            }
+            self.give_back_address_space(space, start, span);
+            return Err(code);
+        }
+        let id = self.next_id();
+        self.spaces[space].allocations += 1;
+        self.allocations.insert(
+            start,
+            Allocation { device: request.device, size: request.size, span, id, backing: Backing::Extent(chunks) },
+        );
+        Ok(start)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn allocate_small(&mut self, space: usize, request: Request, order: &[Tier]) -> Result<u64, CUresult> {
+        let need = round_up(request.size, SMALL_ALIGN);
+        let mut full = Vec::new();
+        for &tier in order {
+            let existing = self.slabs.iter().find_map(|(base, slab)| {
+                (slab.device == request.device && slab.chunk.tier == tier)
+                    .then(|| slab.free.iter().find(|(_, l)| **l >= need).map(|(o, _)| (*base, *o)))
+                    .flatten()
+            });
+            let (slab_base, offset) = match existing {
+                Some(found) => found,
+                None => match self.new_slab(space, tier, &mut full) {
+                    Ok(base) => (base, 0),
+                    Err(result::OUT_OF_MEMORY) => continue,
+                    Err(code) => return Err(code),
+                },
+            };
+            let slab = self.slabs.get_mut(&slab_base).ok_or(result::UNKNOWN)?;
+            let free_len = slab.free.remove(&offset).unwrap_or(0);
+            if free_len > need {
+                slab.free.insert(offset + need, free_len - need);
+            }
+            slab.live += 1;
+            let id = self.next_id();
+            self.spaces[space].allocations += 1;
+            self.allocations.insert(
+                slab_base + offset,
+                Allocation { device: request.device, size: request.size, span: need, id, backing: Backing::InSlab(slab_base) },
+            );
+            return Ok(slab_base + offset);
+        }
+        Err(result::OUT_OF_MEMORY)
+    }
+
+    fn new_slab(&mut self, space: usize, tier: Tier, full: &mut Vec<Tier>) -> Result<u64, CUresult> {
+        let chunk = self.acquire_chunk(space, &[tier], full)?;
+        let start = match self.take_address_space(space, CHUNK) {
+            Ok(start) => start,
+            Err(code) => {
+                self.return_chunk(space, chunk);
+                return Err(code);
+            }
+        };
+        let device = self.spaces[space].device;
+        if let Err((mapped, code)) = self.map_chunks(device, start, &[chunk]) {
+            self.unmap_chunks(start, mapped);
+            self.return_chunk(space, chunk);
+            self.give_back_address_space(space, start, CHUNK);
+            self.counters.errors += 1;
+            return Err(code);
+        }
+        self.slabs.insert(start, Slab { device, chunk, free: BTreeMap::from([(0, CHUNK)]), live: 0 });
+        Ok(start)
+    }
+
+    /// Whether `address` is the start of a live vvram allocation.
+    pub fn owns(&self, address: u64) -> bool {
+        self.allocations.contains_key(&address)
+    }
+
+    /// Frees an allocation. The caller has made sure no queued work still uses it
+    /// (`cuMemFree` synchronises first).
+    pub fn free(&mut self, address: u64) -> Result<(), CUresult> {
+        let allocation = self.allocations.remove(&address).ok_or(result::INVALID_VALUE)?;
+        let space = self.spaces.iter().position(|s| s.device == allocation.device).ok_or(result::UNKNOWN)?;
+        self.spaces[space].allocations -= 1;
+        self.counters.frees += 1;
+        match allocation.backing {
+            Backing::Extent(chunks) => {
+                self.unmap_chunks(address, chunks.len());
+                for chunk in chunks {
+                    self.return_chunk(space, chunk);
+                }
+                self.give_back_address_space(space, address, allocation.span);
+            }
+            Backing::InSlab(slab_base) => {
+                let slab = self.slabs.get_mut(&slab_base).ok_or(result::UNKNOWN)?;
+                insert_merged(&mut slab.free, address - slab_base, allocation.span);
+                slab.live -= 1;
+                if slab.live == 0 {
+                    let slab = self.slabs.remove(&slab_base).ok_or(result::UNKNOWN)?;
+                    self.unmap_chunks(slab_base, 1);
+                    self.return_chunk(space, slab.chunk);
+                    self.give_back_address_space(space, slab_base, CHUNK);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees an allocation once `stream` has passed this point (`cuMemFreeAsync`).
+    pub fn free_async(&mut self, address: u64, stream: u64) -> Result<(), CUresult> {
+        if !self.owns(address) || self.pending_frees.iter().any(|(a, _)| *a == address) {
+            return Err(result::INVALID_VALUE);
+        }
+        let event = self.driver.record_event(stream)?;
+        self.pending_frees.push((address, event));
+        self.reclaim();
+        Ok(())
+    }
+
+    /// Completes stream-ordered frees whose stream has passed them.
+    pub fn reclaim(&mut self) {
+        let pending = std::mem::take(&mut self.pending_frees);
+        for (address, event) in pending {
+            match self.driver.event_complete(event) {
+                Ok(true) => {
+                    self.driver.destroy_event(event);
+                    if self.free(address).is_err() {
+                        self.counters.errors += 1;
+                    }
+                }
+                Ok(false) => self.pending_frees.push((address, event)),
+                Err(_) => {
+                    self.counters.errors += 1;
+                    self.pending_frees.push((address, event));
+                }
+            }
+        }
+    }
+
+    /// The allocation containing `address`.
+    pub fn find(&self, address: u64) -> Option<AllocationInfo> {
+        let (&base, allocation) = self.allocations.range(..=address).next_back()?;
+        (address < base + allocation.size.max(1)).then_some(AllocationInfo {
+            base,
+            size: allocation.size,
+            device: allocation.device,
+            id: allocation.id,
+        })
+    }
+
+    /// Splits `[address, address + len)` into host-tier and other pieces, when it lies
+    /// inside one allocation.
+    pub fn segments(&self, address: u64, len: u64) -> Option<Vec<Segment>> {
+        let info = self.find(address)?;
+        if address + len > info.base + info.size {
+            return None;
+        }
+        let allocation = &self.allocations[&info.base];
+        let tier_at = |offset: u64| match &allocation.backing {
+            Backing::Extent(chunks) => chunks[(offset / CHUNK) as usize].tier,
+            Backing::InSlab(slab) => self.slabs[slab].chunk.tier,
+        };
+        let mut segments: Vec<Segment> = Vec::new();
+        let end = address + len;
+        let mut cursor = address;
+        while cursor < end {
+            let offset = cursor - info.base;
+            let piece_end = match &allocation.backing {
+                Backing::Extent(_) => (info.base + (offset / CHUNK + 1) * CHUNK).min(end),
+                Backing::InSlab(_) => end,
+            };
+            let host = tier_at(offset) == Tier::Host;
+            match segments.last_mut() {
+                Some(last) if last.host == host => last.len += piece_end - cursor,
+                _ => segments.push(Segment { address: cursor, len: piece_end - cursor, host }),
+            }
+            cursor = piece_end;
+        }
+        Some(segments)
+    }
+
+    /// Creates physical memory for the application's own `cuMemCreate` on a compute
+    /// device the policy manages, on the tier the rules choose (PyTorch's expandable
+    /// segments map it themselves).
+    pub fn create_for_application(&mut self, request: Request) -> Result<Handle, CUresult> {
+        let plan = self.plan.device(request.device).ok_or(result::INVALID_VALUE)?;
+        let order = plan.placement(request.size, request.phase, request.tag);
+        let space = self.space_index(request.device)?;
+        for tier in order {
+            let used = self.spaces[space].used.get(&tier).copied().unwrap_or(0);
+            if used + request.size > self.capacity(request.device, tier) {
+                continue;
+            }
+            match self.driver.create(request.size, Self::location(request.device, tier)) {
+                Ok(handle) => {
+                    *self.spaces[space].used.entry(tier).or_default() += request.size;
+                    self.app_handles.insert(handle, AppHandle { device: request.device, tier, size: request.size });
+                    self.counters.allocations += 1;
+                    return Ok(handle);
+                }
+                Err(result::OUT_OF_MEMORY) => continue,
+                Err(code) => {
+                    self.counters.errors += 1;
+                    return Err(code);
+                }
+            }
+        }
+        self.counters.out_of_memory += 1;
+        Err(result::OUT_OF_MEMORY)
+    }
+
+    /// Forgets a handle made by [`Self::create_for_application`]; false when it is not one.
+    /// The caller releases it with the driver.
+    pub fn forget_application_handle(&mut self, handle: Handle) -> bool {
+        let Some(app) = self.app_handles.remove(&handle) else { return false };
+        if let Some(space) = self.spaces.iter_mut().find(|s| s.device == app.device) {
+            if let Some(used) = space.used.get_mut(&app.tier) {
+                *used -= app.size;
+            }
+        }
+        self.counters.frees += 1;
+        true
+    }
+
+    /// What `cuMemGetInfo` reports for a managed device, given the physical card's free
+    /// and total memory: total is the policy's reported size; free is that minus what
+    /// vvram placed for the device and what others use on the card.
+    pub fn memory_info(&self, device: u32, physical_free: u64, physical_total: u64) -> Option<(u64, u64)> {
+        let plan = self.plan.device(device)?;
+        let usage = self.usage(device)?;
+        let placed: u64 = usage.tiers.iter().map(|t| t.used).sum();
+        let local_placed = usage.tiers.first().map_or(0, |t| t.used);
+        let others = physical_total.saturating_sub(physical_free).saturating_sub(local_placed);
+        let total = plan.reported_total;
+        Some((total.saturating_sub(placed + others), total))
+    }
+
+    /// Usage of one compute device the policy manages.
+    pub fn usage(&self, device: u32) -> Option<DeviceUsage> {
+        let plan = self.plan.device(device)?;
+        let space = self.spaces.iter().find(|s| s.device == device);
+        Some(DeviceUsage {
+            device,
+            tiers: plan
+                .tiers()
+                .map(|(tier, capacity)| TierUsage {
+                    tier,
+                    used: space.and_then(|s| s.used.get(&tier)).copied().unwrap_or(0),
+                    capacity,
+                })
+                .collect(),
+            allocations: space.map_or(0, |s| s.allocations),
+            reported_total: plan.reported_total,
+        })
+    }
+
+    /// Bytes of pinned host memory ready in the pool.
+    pub fn pool_bytes(&self) -> u64 {
+        self.pool.len() as u64 * CHUNK
+    }
+
+    /// Pins one more chunk into the pool if it is below target; whether it did.
+    pub fn fill_pool_step(&mut self) -> Result<bool, CUresult> {
+        if self.pool_bytes() + CHUNK > self.plan.host_pool {
+            return Ok(false);
+        }
+        let handle = self.driver.create(CHUNK, Location::Host)?;
+        self.pool.push(handle);
+        Ok(true)
+    }
+
+    fn trim_pool(&mut self) {
+        while self.pool_bytes() > self.plan.host_pool {
+            if let Some(handle) = self.pool.pop() {
+                if self.driver.release(handle).is_err() {
+                    self.counters.errors += 1;
+                }
+            }
+        }
+    }
+
+    /// Releases everything: allocations, slabs, the pool and the address space.
+    pub fn release_all(&mut self) {
+        let addresses: Vec<u64> = self.allocations.keys().copied().collect();
+        for address in addresses {
+            let _ = self.free(address);
+        }
+        for (_, event) in std::mem::take(&mut self.pending_frees) {
+            self.driver.destroy_event(event);
+        }
+        for handle in std::mem::take(&mut self.pool) {
+            let _ = self.driver.release(handle);
+        }
+        for space in std::mem::take(&mut self.spaces) {
+            for (base, size) in space.reservations {
+                let _ = self.driver.free_reservation(base, size);
+            }
+        }
+    }
+}
+
+fn insert_merged(free: &mut BTreeMap<u64, u64>, mut start: u64, mut len: u64) {
+    if let Some((&before, &before_len)) = free.range(..start).next_back() {
+        if before + before_len == start {
+            free.remove(&before);
+            start = before;
+            len += before_len;
+        }
+    }
+    if let Some(&after_len) = free.get(&(start + len)) {
+        free.remove(&(start + len));
+        len += after_len;
+    }
+    free.insert(start, len);
+}

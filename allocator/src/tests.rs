@@ -1,0 +1,206 @@
+use super::*;
+use vvram_cuda::result;
+use vvram_policy::size::{GIB, MIB};
+use vvram_policy::{Machine, Plan, Tier, parse_policy, resolve};
+
+fn plan(toml: &str) -> Plan {
+    let policy = parse_policy("test.toml", toml).unwrap();
+    resolve(&policy, &Machine { devices: vec![24 * GIB, 24 * GIB], host: 64 * GIB }).unwrap()
+}
+
+const LOCAL_THEN_HOST: &str = "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"host\", capacity = \"128MiB\" }]\n[host_pool]\npin_ahead = \"8MiB\"\n";
+
+fn manager(toml: &str) -> MemoryManager<MemoryDriver> {
+    MemoryManager::new(MemoryDriver::new(), plan(toml))
+}
+
+fn request(size: u64) -> Request<'static> {
+    Request { device: 0, size, phase: None, tag: None }
+}
+
+fn used(m: &MemoryManager<MemoryDriver>, tier: Tier) -> u64 {
+    m.usage(0).unwrap().tiers.iter().find(|t| t.tier == tier).unwrap().used
+}
+
+#[test]
+fn allocations_fill_local_then_spill_to_the_host() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(48 * MIB)).unwrap();
+    assert_eq!(used(&m, Tier::Local), 48 * MIB);
+    let b = m.allocate(request(40 * MIB)).unwrap();
+    assert_eq!(used(&m, Tier::Local), 64 * MIB);
+    assert_eq!(used(&m, Tier::Host), 24 * MIB);
+    // b straddles the seam: its first 16 MiB are local, the rest host and CPU-accessible.
+    assert_eq!(m.driver().location_of(b), Some(Location::Device(0)));
+    assert_eq!(m.driver().location_of(b + 16 * MIB), Some(Location::Host));
+    assert_eq!(m.driver().accessible(b + 16 * MIB), Some(true));
+    assert_eq!(m.driver().accessible(b), Some(false));
+    let segments = m.segments(b + 8 * MIB, 16 * MIB).unwrap();
+    assert_eq!(
+        segments,
+        vec![
+            Segment { address: b + 8 * MIB, len: 8 * MIB, host: false },
+            Segment { address: b + 16 * MIB, len: 8 * MIB, host: true },
+        ]
+    );
+    m.free(a).unwrap();
+    m.free(b).unwrap();
+    assert_eq!((used(&m, Tier::Local), used(&m, Tier::Host)), (0, 0));
+    assert_eq!(m.driver().mapping_count(), 0);
+}
+
+#[test]
+fn exhausting_every_tier_is_out_of_memory_and_takes_nothing() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(150 * MIB)).unwrap();
+    assert_eq!(m.allocate(request(64 * MIB)), Err(result::OUT_OF_MEMORY));
+    assert_eq!(used(&m, Tier::Local) + used(&m, Tier::Host), 150 * MIB);
+    assert_eq!(m.counters().out_of_memory, 1);
+    m.free(a).unwrap();
+    let b = m.allocate(request(192 * MIB)).unwrap();
+    m.free(b).unwrap();
+    m.release_all();
+    assert_eq!(m.driver().physical_count(), 0);
+    assert_eq!(m.driver().used(Location::Device(0)) + m.driver().used(Location::Host), 0);
+}
+
+#[test]
+fn a_full_card_below_budget_falls_through_to_the_next_tier() {
+    let driver = MemoryDriver::new().with_capacity(Location::Device(0), 10 * MIB);
+    let mut m = MemoryManager::new(driver, plan(LOCAL_THEN_HOST));
+    let a = m.allocate(request(20 * MIB)).unwrap();
+    assert_eq!(used(&m, Tier::Local), 10 * MIB);
+    assert_eq!(used(&m, Tier::Host), 10 * MIB);
+    m.free(a).unwrap();
+}
+
+#[test]
+fn rules_choose_tiers_by_size_phase_and_tag() {
+    let toml = format!(
+        "{LOCAL_THEN_HOST}[[rule]]\nphase = \"load\"\ntiers = [\"host\", \"local\"]\n[[rule]]\ntag = \"scratch\"\ntiers = [\"local\"]\n"
+    );
+    let mut m = manager(&toml);
+    let weights = m.allocate(Request { phase: Some("load"), ..request(8 * MIB) }).unwrap();
+    assert_eq!(m.driver().location_of(weights), Some(Location::Host));
+    let activations = m.allocate(request(8 * MIB)).unwrap();
+    assert_eq!(m.driver().location_of(activations), Some(Location::Device(0)));
+    // Tag-matched requests may only use local memory: beyond it they fail.
+    let scratch = m.allocate(Request { tag: Some("scratch"), ..request(56 * MIB) }).unwrap();
+    assert_eq!(m.allocate(Request { tag: Some("scratch"), ..request(2 * MIB) }), Err(result::OUT_OF_MEMORY));
+    for a in [weights, activations, scratch] {
+        m.free(a).unwrap();
+    }
+}
+
+#[test]
+fn peers_are_device_memory_of_the_other_gpu() {
+    let mut m = manager("[[device]]\nindex = 0\nlocal_budget = \"4MiB\"\ndonors = [{ tier = \"peer:1\", capacity = \"8MiB\" }]\n");
+    let a = m.allocate(request(10 * MIB)).unwrap();
+    assert_eq!(m.driver().location_of(a + 6 * MIB), Some(Location::Device(1)));
+    assert_eq!(m.driver().accessible(a + 6 * MIB), Some(false));
+    m.free(a).unwrap();
+}
+
+#[test]
+fn small_requests_share_slabs() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let pieces: Vec<u64> = (0..8).map(|_| m.allocate(request(100_000)).unwrap()).collect();
+    assert_eq!(used(&m, Tier::Local), 2 * MIB);
+    assert!(pieces.windows(2).all(|w| w[1] - w[0] >= 100_000 && (w[1] - w[0]) % SMALL_ALIGN == 0));
+    let info = m.find(pieces[3] + 10).unwrap();
+    assert_eq!((info.base, info.size), (pieces[3], 100_000));
+    for p in &pieces[..7] {
+        m.free(*p).unwrap();
+    }
+    assert_eq!(used(&m, Tier::Local), 2 * MIB);
+    m.free(pieces[7]).unwrap();
+    assert_eq!(used(&m, Tier::Local), 0);
+    assert_eq!(m.driver().mapping_count(), 0);
+}
+
+#[test]
+fn host_chunks_come_from_and_return_to_the_pool() {
+    let toml = "[[device]]\nindex = 0\nlocal_budget = \"2MiB\"\ndonors = [{ tier = \"host\", capacity = \"64MiB\" }]\n[host_pool]\npin_ahead = \"8MiB\"\n";
+    let mut m = manager(toml);
+    while m.fill_pool_step().unwrap() {}
+    assert_eq!(m.pool_bytes(), 8 * MIB);
+    let creates = m.driver().calls().creates;
+    let a = m.allocate(request(10 * MIB)).unwrap();
+    // One local chunk created; four host chunks taken from the pool.
+    assert_eq!(m.driver().calls().creates, creates + 1);
+    assert_eq!(m.pool_bytes(), 0);
+    m.free(a).unwrap();
+    assert_eq!(m.pool_bytes(), 8 * MIB);
+    assert_eq!(m.driver().used(Location::Host), 8 * MIB);
+}
+
+#[test]
+fn stream_ordered_frees_wait_for_their_event() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(32 * MIB)).unwrap();
+    m.free_async(a, 7).unwrap();
+    assert!(m.owns(a));
+    assert_eq!(used(&m, Tier::Local), 32 * MIB);
+    let event = m.driver().live_events()[0];
+    m.driver().complete_event(event);
+    m.reclaim();
+    assert!(!m.owns(a));
+    assert_eq!(used(&m, Tier::Local), 0);
+    assert!(m.driver().live_events().is_empty());
+    assert_eq!(m.free_async(a, 7), Err(result::INVALID_VALUE));
+}
+
+#[test]
+fn out_of_memory_waits_for_pending_frees_first() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(190 * MIB)).unwrap();
+    m.free_async(a, 7).unwrap();
+    // The stream has not passed the free yet: the request synchronises, then succeeds.
+    let b = m.allocate(request(190 * MIB)).unwrap();
+    assert_eq!(m.driver().calls().synchronizes, 1);
+    m.free(b).unwrap();
+    // Without pending frees, out-of-memory comes at once.
+    let c = m.allocate(request(190 * MIB)).unwrap();
+    assert_eq!(m.allocate(request(8 * MIB)), Err(result::OUT_OF_MEMORY));
+    assert_eq!(m.driver().calls().synchronizes, 1);
+    m.free(c).unwrap();
+}
+
+#[test]
+fn virtual_memory_info_reports_the_policy_size() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    assert_eq!(m.memory_info(0, 24 * GIB, 24 * GIB), Some((192 * MIB, 192 * MIB)));
+    let a = m.allocate(request(100 * MIB)).unwrap();
+    // 64 MiB local (also missing from the card), 36 MiB host; another process uses 20 MiB.
+    let card_free = 24 * GIB - 64 * MIB - 20 * MIB;
+    assert_eq!(m.memory_info(0, card_free, 24 * GIB), Some((72 * MIB, 192 * MIB)));
+    assert_eq!(m.memory_info(1, 0, 0), None);
+    m.free(a).unwrap();
+}
+
+#[test]
+fn application_created_memory_follows_the_rules() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let local = m.create_for_application(request(60 * MIB)).unwrap();
+    let host = m.create_for_application(request(20 * MIB)).unwrap();
+    assert_eq!(m.driver().used(Location::Host), 20 * MIB);
+    assert_eq!(used(&m, Tier::Local), 60 * MIB);
+    assert!(m.forget_application_handle(host));
+    assert!(!m.forget_application_handle(host));
+    assert_eq!(used(&m, Tier::Host), 0);
+    m.driver().release(host).unwrap();
+    assert!(m.forget_application_handle(local));
+    m.driver().release(local).unwrap();
+}
+
+#[test]
+fn a_new_plan_applies_to_new_requests() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(32 * MIB)).unwrap();
+    m.set_plan(plan("[[device]]\nindex = 0\nlocal_budget = \"16MiB\"\ndonors = [{ tier = \"host\", capacity = \"64MiB\" }]\n"));
+    let b = m.allocate(request(8 * MIB)).unwrap();
+    assert_eq!(m.driver().location_of(b), Some(Location::Host));
+    assert_eq!(m.usage(0).unwrap().tiers[0], TierUsage { tier: Tier::Local, used: 32 * MIB, capacity: 16 * MIB });
+    m.free(a).unwrap();
+    m.free(b).unwrap();
+}
