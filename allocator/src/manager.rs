@@ -575,10 +575,15 @@ impl<D: Driver> MemoryManager<D> {
         Some(segments)
     }
 
-    /// Creates physical memory for the application's own `cuMemCreate` on a compute
-    /// device the policy manages, on the tier the rules choose (PyTorch's expandable
-    /// segments map it themselves).
-    pub fn create_for_application(&mut self, request: Request) -> Result<Handle, CUresult> {
+    /// Chooses the tier for the application's own `cuMemCreate` on a compute device the
+    /// policy manages (PyTorch's expandable segments map the memory themselves): `create`
+    /// makes the memory at a location with the application's other properties, tried
+    /// tier by tier in the rule's order until one has room.
+    pub fn create_for_application(
+        &mut self,
+        request: Request,
+        mut create: impl FnMut(Location) -> Result<Handle, CUresult>,
+    ) -> Result<Handle, CUresult> {
         let plan = self.plan.device(request.device).ok_or(result::INVALID_VALUE)?;
         let order = plan.placement(request.size, request.phase, request.tag);
         let space = self.space_index(request.device)?;
@@ -587,7 +592,7 @@ impl<D: Driver> MemoryManager<D> {
             if used + request.size > self.capacity(request.device, tier) {
                 continue;
             }
-            match self.driver.create(request.size, Self::location(request.device, tier)) {
+            match create(Self::location(request.device, tier)) {
                 Ok(handle) => {
                     *self.spaces[space].used.entry(tier).or_default() += request.size;
                     self.app_handles.insert(handle, AppHandle { device: request.device, tier, size: request.size });

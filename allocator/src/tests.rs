@@ -181,16 +181,17 @@ fn virtual_memory_info_reports_the_policy_size() {
 #[test]
 fn application_created_memory_follows_the_rules() {
     let mut m = manager(LOCAL_THEN_HOST);
-    let local = m.create_for_application(request(60 * MIB)).unwrap();
-    let host = m.create_for_application(request(20 * MIB)).unwrap();
-    assert_eq!(m.driver().used(Location::Host), 20 * MIB);
+    let driver = MemoryDriver::new();
+    let local = m.create_for_application(request(60 * MIB), |at| driver.create(60 * MIB, at)).unwrap();
+    let host = m.create_for_application(request(20 * MIB), |at| driver.create(20 * MIB, at)).unwrap();
+    assert_eq!(driver.used(Location::Host), 20 * MIB);
     assert_eq!(used(&m, Tier::Local), 60 * MIB);
     assert!(m.forget_application_handle(host));
     assert!(!m.forget_application_handle(host));
     assert_eq!(used(&m, Tier::Host), 0);
-    m.driver().release(host).unwrap();
+    driver.release(host).unwrap();
     assert!(m.forget_application_handle(local));
-    m.driver().release(local).unwrap();
+    driver.release(local).unwrap();
 }
 
 #[test]

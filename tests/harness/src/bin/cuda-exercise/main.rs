@@ -135,7 +135,7 @@ fn stitched(s: &Session) -> Checked {
         cu!(s.cuda, cuMemMap(at, chunk, 0, handle, 0))?;
         let mut access = vec![CUmemAccessDesc { location: CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: 0 }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE }];
         if *kind == CU_MEM_LOCATION_TYPE_HOST_NUMA {
-            access.push(CUmemAccessDesc { location: CUmemLocation { type_: CU_MEM_LOCATION_TYPE_HOST_NUMA, id: 0 }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE });
+            access.push(CUmemAccessDesc { location: CUmemLocation { type_: CU_MEM_LOCATION_TYPE_HOST, id: 0 }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE });
         }
         cu!(s.cuda, cuMemSetAccess(at, chunk, access.as_ptr(), access.len()))?;
         handles.push(handle);

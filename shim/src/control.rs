@@ -1,0 +1,151 @@
+//! The control API (`include/vvram.h`): what the ComfyUI node and the CLI call.
+//! Return codes: 0 success, 1 bad arguments, 2 invalid policy or name.
+
+use crate::runtime::{HOOK_ERRORS, state};
+use std::ffi::{CStr, c_char, c_int};
+use std::sync::atomic::Ordering;
+use vvram_policy::{parse_policy, policy_from_allocation};
+
+/// Copies `message` into a caller's buffer of `len` bytes, truncated, NUL-terminated.
+unsafe fn write_message(buffer: *mut c_char, len: usize, message: &str) {
+    if buffer.is_null() || len == 0 {
+        return;
+    }
+    let n = message.len().min(len - 1);
+    // SAFETY: the caller gave a buffer of `len` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(message.as_ptr(), buffer as *mut u8, n);
+        *buffer.add(n) = 0;
+    }
+}
+
+unsafe fn text<'a>(pointer: *const c_char) -> Option<&'a str> {
+    if pointer.is_null() {
+        return None;
+    }
+    // SAFETY: a C string from the caller.
+    unsafe { CStr::from_ptr(pointer) }.to_str().ok()
+}
+
+/// The library version, a static NUL-terminated string.
+#[unsafe(no_mangle)]
+pub extern "C" fn vvram_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+fn install(policy: Result<vvram_policy::Policy, vvram_policy::PolicyError>, origin: &str, error: *mut c_char, error_len: usize) -> c_int {
+    let outcome = policy.map_err(|e| e.to_string()).and_then(|p| state().set_policy(p, origin.to_string()));
+    match outcome {
+        Ok(()) => {
+            tracing::info!(origin, "policy replaced through the control API");
+            0
+        }
+        Err(message) => {
+            unsafe { write_message(error, error_len, &message) };
+            2
+        }
+    }
+}
+
+/// Replaces the policy with a TOML text, validated as `vvram check` does (and against the
+/// machine once the driver is initialised). On error returns 2 and writes the message
+/// (`<policy>:LINE:COLUMN: …`) into `error`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vvram_set_policy_toml(toml: *const c_char, error: *mut c_char, error_len: usize) -> c_int {
+    let Some(toml) = (unsafe { text(toml) }) else { return 1 };
+    install(parse_policy("<policy>", toml), "<policy>", error, error_len)
+}
+
+/// Replaces the policy with a DisTorch2 allocation string for compute device `device`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vvram_set_alloc(alloc: *const c_char, device: c_int, error: *mut c_char, error_len: usize) -> c_int {
+    let Some(alloc) = (unsafe { text(alloc) }) else { return 1 };
+    if device < 0 {
+        return 1;
+    }
+    install(policy_from_allocation("<alloc>", alloc, device as u32), "<alloc>", error, error_len)
+}
+
+fn valid_name(name: &str) -> bool {
+    name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+/// Sets the phase placement rules match on (`NULL` or `""` clears it).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vvram_set_phase(phase: *const c_char) -> c_int {
+    let name = if phase.is_null() { Some("") } else { unsafe { text(phase) } };
+    match name {
+        Some(name) if valid_name(name) => {
+            state().phase = (!name.is_empty()).then(|| name.to_string());
+            0
+        }
+        _ => 2,
+    }
+}
+
+/// Sets the tag placement rules match on for allocations from now on (`NULL` or `""` clears it).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vvram_set_tag(tag: *const c_char) -> c_int {
+    let name = if tag.is_null() { Some("") } else { unsafe { text(tag) } };
+    match name {
+        Some(name) if valid_name(name) => {
+            state().tag = (!name.is_empty()).then(|| name.to_string());
+            0
+        }
+        _ => 2,
+    }
+}
+
+/// The live state as JSON.
+pub fn stats_json() -> String {
+    let state = state();
+    let devices: Vec<serde_json::Value> = state
+        .manager
+        .as_ref()
+        .map(|m| {
+            m.plan()
+                .devices
+                .iter()
+                .filter_map(|d| m.usage(d.index))
+                .map(|u| {
+                    serde_json::json!({
+                        "device": u.device,
+                        "reported_total": u.reported_total,
+                        "allocations": u.allocations,
+                        "tiers": u.tiers.iter().map(|t| serde_json::json!({
+                            "tier": t.tier.to_string(), "used": t.used, "capacity": t.capacity,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let counters = state.manager.as_ref().map(|m| m.counters()).unwrap_or_default();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "policy": if state.policy.is_some() { Some(state.policy_origin.clone()) } else { None },
+        "active": state.manager.is_some(),
+        "phase": state.phase,
+        "tag": state.tag,
+        "devices": devices,
+        "host_pool_bytes": state.manager.as_ref().map_or(0, |m| m.pool_bytes()),
+        "allocations": counters.allocations,
+        "frees": counters.frees,
+        "out_of_memory": counters.out_of_memory,
+        "fast_h2d_bytes": counters.fast_h2d_bytes,
+        "errors": counters.errors + HOOK_ERRORS.load(Ordering::Relaxed),
+    })
+    .to_string()
+}
+
+/// Writes the live state as JSON into `buffer` (NUL-terminated, when it fits in `len`
+/// bytes). Returns the bytes needed including the NUL, so a caller can retry larger.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vvram_stats_json(buffer: *mut c_char, len: usize) -> usize {
+    let json = stats_json();
+    if json.len() < len {
+        unsafe { write_message(buffer, len, &json) };
+    }
+    json.len() + 1
+}

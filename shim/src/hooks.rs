@@ -1,0 +1,413 @@
+//! The hooked driver entry points. Each has the driver's exact name and C signature; each
+//! either asks the memory manager or passes the call through to the real driver. No hook
+//! unwinds into C: a panic becomes `CUDA_ERROR_UNKNOWN` and an error event.
+
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use crate::copy::cpu_copy;
+use crate::ops::mem_location;
+use crate::real_call;
+use crate::runtime::{HOOK_ERRORS, check_for_aimdo, state};
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+use vvram_allocator::{AllocationInfo, Request};
+use vvram_cuda::*;
+
+fn guard(hook: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(code) => code,
+        Err(_) => {
+            HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(hook, "panic caught in a hook; returning CUDA_ERROR_UNKNOWN");
+            result::UNKNOWN
+        }
+    }
+}
+
+fn current_device() -> Option<u32> {
+    let mut device: CUdevice = 0;
+    (real_call!(cuCtxGetDevice(&mut device)) == result::SUCCESS).then_some(device as u32)
+}
+
+/// A stream handle as the per-thread entry points mean it: stream 0 is the calling
+/// thread's default stream.
+fn per_thread_stream(stream: CUstream) -> CUstream {
+    if stream.is_null() { CU_STREAM_PER_THREAD as CUstream } else { stream }
+}
+
+/// Places an allocation with the manager, or `None` to pass it through (no policy for
+/// the current device).
+fn place(size: usize) -> Option<Result<u64, CUresult>> {
+    check_for_aimdo();
+    let device = current_device()?;
+    let mut state = state();
+    let (phase, tag) = (state.phase.clone(), state.tag.clone());
+    let manager = state.manager()?;
+    if !manager.manages(device) {
+        return None;
+    }
+    let placed = manager.allocate(Request { device, size: size as u64, phase: phase.as_deref(), tag: tag.as_deref() });
+    if let Err(code) = placed {
+        if code == result::OUT_OF_MEMORY {
+            tracing::info!(device, size, "every tier is full: CUDA_ERROR_OUT_OF_MEMORY");
+        } else {
+            HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(device, size, code, "placing an allocation failed");
+        }
+    }
+    Some(placed)
+}
+
+unsafe fn write<T>(pointer: *mut T, value: T) -> CUresult {
+    if pointer.is_null() {
+        return result::INVALID_VALUE;
+    }
+    // SAFETY: a non-null output pointer from the application.
+    unsafe { pointer.write(value) };
+    result::SUCCESS
+}
+
+unsafe fn allocate(dptr: *mut CUdeviceptr, size: usize, pass_through: impl FnOnce() -> CUresult) -> CUresult {
+    if dptr.is_null() || size == 0 {
+        return pass_through();
+    }
+    match place(size) {
+        Some(Ok(address)) => unsafe { write(dptr, address) },
+        Some(Err(code)) => code,
+        None => pass_through(),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
+    guard("cuMemAlloc_v2", || unsafe { allocate(dptr, size, || real_call!(cuMemAlloc_v2(dptr, size))) })
+}
+
+/// Row pitch for `cuMemAllocPitch`: rows aligned to 512 bytes, as current GPUs use.
+const PITCH_ALIGN: usize = 512;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, element_size: c_uint) -> CUresult {
+    guard("cuMemAllocPitch_v2", || {
+        let pass = || real_call!(cuMemAllocPitch_v2(dptr, pitch, width, height, element_size));
+        if pitch.is_null() || width == 0 || height == 0 || ![4, 8, 16].contains(&element_size) {
+            return pass();
+        }
+        let row = width.next_multiple_of(PITCH_ALIGN);
+        let Some(size) = row.checked_mul(height) else { return result::INVALID_VALUE };
+        match place(size) {
+            Some(Ok(address)) => unsafe {
+                pitch.write(row);
+                write(dptr, address)
+            },
+            Some(Err(code)) => code,
+            None => pass(),
+        }
+    })
+}
+
+fn owned(address: u64) -> bool {
+    state().manager.as_ref().is_some_and(|m| m.owns(address))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    guard("cuMemFree_v2", || {
+        if !owned(dptr) {
+            return real_call!(cuMemFree_v2(dptr));
+        }
+        // cuMemFree synchronises: queued work may still use the memory.
+        let synced = real_call!(cuCtxSynchronize());
+        if synced != result::SUCCESS {
+            return synced;
+        }
+        match state().manager.as_mut().map(|m| m.free(dptr)) {
+            Some(Ok(())) => result::SUCCESS,
+            Some(Err(code)) => code,
+            None => result::INVALID_VALUE,
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CUresult {
+    guard("cuMemAllocAsync", || unsafe { allocate(dptr, size, || real_call!(cuMemAllocAsync(dptr, size, stream))) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CUresult {
+    guard("cuMemAllocAsync_ptsz", || unsafe { allocate(dptr, size, || real_call!(cuMemAllocAsync_ptsz(dptr, size, stream))) })
+}
+
+/// Allocations from a memory pool are placed like `cuMemAllocAsync` on a managed device:
+/// the pool's own properties are not kept (see the README).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, size: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
+    guard("cuMemAllocFromPoolAsync", || unsafe { allocate(dptr, size, || real_call!(cuMemAllocFromPoolAsync(dptr, size, pool, stream))) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
+    guard("cuMemAllocFromPoolAsync_ptsz", || unsafe {
+        allocate(dptr, size, || real_call!(cuMemAllocFromPoolAsync_ptsz(dptr, size, pool, stream)))
+    })
+}
+
+fn free_async(dptr: CUdeviceptr, stream: CUstream, pass_through: impl FnOnce() -> CUresult) -> CUresult {
+    if !owned(dptr) {
+        return pass_through();
+    }
+    match state().manager.as_mut().map(|m| m.free_async(dptr, stream as u64)) {
+        Some(Ok(())) => result::SUCCESS,
+        Some(Err(code)) => code,
+        None => result::INVALID_VALUE,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    guard("cuMemFreeAsync", || free_async(dptr, stream, || real_call!(cuMemFreeAsync(dptr, stream))))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    guard("cuMemFreeAsync_ptsz", || {
+        free_async(dptr, per_thread_stream(stream), || real_call!(cuMemFreeAsync_ptsz(dptr, stream)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    guard("cuMemGetInfo_v2", || {
+        check_for_aimdo();
+        let (mut physical_free, mut physical_total) = (0usize, 0usize);
+        let code = real_call!(cuMemGetInfo_v2(&mut physical_free, &mut physical_total));
+        if code != result::SUCCESS || free.is_null() || total.is_null() {
+            return real_call!(cuMemGetInfo_v2(free, total));
+        }
+        let virtual_info = current_device().and_then(|device| {
+            state().manager().and_then(|m| m.memory_info(device, physical_free as u64, physical_total as u64))
+        });
+        let (f, t) = virtual_info.unwrap_or((physical_free as u64, physical_total as u64));
+        unsafe {
+            free.write(f as usize);
+            total.write(t as usize);
+        }
+        result::SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, device: CUdevice) -> CUresult {
+    guard("cuDeviceTotalMem_v2", || {
+        let code = real_call!(cuDeviceTotalMem_v2(bytes, device));
+        if code != result::SUCCESS || bytes.is_null() || device < 0 {
+            return code;
+        }
+        let reported = state().manager().and_then(|m| m.usage(device as u32)).map(|u| u.reported_total);
+        if let Some(reported) = reported {
+            unsafe { bytes.write(reported as usize) };
+        }
+        result::SUCCESS
+    })
+}
+
+fn find(address: u64) -> Option<AllocationInfo> {
+    state().manager.as_ref().and_then(|m| m.find(address))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *mut usize, dptr: CUdeviceptr) -> CUresult {
+    guard("cuMemGetAddressRange_v2", || {
+        let Some(info) = find(dptr) else { return real_call!(cuMemGetAddressRange_v2(base, size, dptr)) };
+        unsafe {
+            if !base.is_null() {
+                base.write(info.base);
+            }
+            if !size.is_null() {
+                size.write(info.size as usize);
+            }
+        }
+        result::SUCCESS
+    })
+}
+
+/// Answers a pointer attribute for a vvram allocation, as a real device allocation of
+/// the same size on the compute device would; `None` for attributes the driver answers.
+unsafe fn own_attribute(info: &AllocationInfo, attribute: c_int, data: *mut c_void) -> Option<CUresult> {
+    unsafe {
+        Some(match attribute {
+            CU_POINTER_ATTRIBUTE_RANGE_START_ADDR => write(data as *mut u64, info.base),
+            CU_POINTER_ATTRIBUTE_RANGE_SIZE => write(data as *mut usize, info.size as usize),
+            CU_POINTER_ATTRIBUTE_BUFFER_ID => write(data as *mut u64, info.id),
+            CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => write(data as *mut c_int, info.device as c_int),
+            CU_POINTER_ATTRIBUTE_MEMORY_TYPE => write(data as *mut c_uint, CU_MEMORYTYPE_DEVICE),
+            CU_POINTER_ATTRIBUTE_IS_MANAGED => write(data as *mut c_uint, 0),
+            _ => return None,
+        })
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuPointerGetAttribute(data: *mut c_void, attribute: c_int, ptr: CUdeviceptr) -> CUresult {
+    guard("cuPointerGetAttribute", || {
+        find(ptr)
+            .and_then(|info| unsafe { own_attribute(&info, attribute, data) })
+            .unwrap_or_else(|| real_call!(cuPointerGetAttribute(data, attribute, ptr)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuPointerGetAttributes(count: c_uint, attributes: *mut c_int, data: *mut *mut c_void, ptr: CUdeviceptr) -> CUresult {
+    guard("cuPointerGetAttributes", || {
+        let Some(info) = find(ptr) else { return real_call!(cuPointerGetAttributes(count, attributes, data, ptr)) };
+        if attributes.is_null() || data.is_null() {
+            return result::INVALID_VALUE;
+        }
+        for i in 0..count as usize {
+            let (attribute, slot) = unsafe { (attributes.add(i), *data.add(i)) };
+            let code = unsafe { own_attribute(&info, *attribute, slot) }.unwrap_or_else(|| {
+                let mut one = slot;
+                real_call!(cuPointerGetAttributes(1, attribute, &mut one, ptr))
+            });
+            if code != result::SUCCESS {
+                return code;
+            }
+        }
+        result::SUCCESS
+    })
+}
+
+/// What a host-to-device copy into vvram memory must wait for before the CPU writes.
+enum Order {
+    /// Synchronous copy: all queued work in the context.
+    Context,
+    /// Asynchronous copy: the stream's queued work.
+    Stream(CUstream),
+}
+
+/// The fast path: host-tier pieces of the destination are written by the CPU after the
+/// copy's ordering point; other pieces go through `device_copy`. `None` when the
+/// destination has no host-tier piece (the caller passes the call through).
+fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: Order, device_copy: impl Fn(u64, *const c_void, usize) -> CUresult) -> Option<CUresult> {
+    if src.is_null() || len == 0 {
+        return None;
+    }
+    let segments = state().manager.as_ref().and_then(|m| m.segments(dst, len as u64))?;
+    if !segments.iter().any(|s| s.host) {
+        return None;
+    }
+    let waited = match order {
+        Order::Context => real_call!(cuCtxSynchronize()),
+        Order::Stream(stream) => real_call!(cuStreamSynchronize(stream)),
+    };
+    if waited != result::SUCCESS {
+        return Some(waited);
+    }
+    let mut cpu_bytes = 0;
+    for segment in segments {
+        let source = (src as u64 + (segment.address - dst)) as *const c_void;
+        if segment.host {
+            // SAFETY: the segment is mapped CPU-writable host memory inside the allocation;
+            // the source is the application's buffer of `len` bytes.
+            unsafe { cpu_copy(segment.address, source as u64, segment.len as usize) };
+            cpu_bytes += segment.len;
+        } else {
+            let code = device_copy(segment.address, source, segment.len as usize);
+            if code != result::SUCCESS {
+                return Some(code);
+            }
+        }
+    }
+    if let Some(manager) = state().manager.as_mut() {
+        manager.count_fast_h2d(cpu_bytes);
+    }
+    Some(result::SUCCESS)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, len: usize) -> CUresult {
+    guard("cuMemcpyHtoD_v2", || {
+        fast_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpyHtoD_v2(d, s, n)))
+            .unwrap_or_else(|| real_call!(cuMemcpyHtoD_v2(dst, src, len)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2_ptds(dst: CUdeviceptr, src: *const c_void, len: usize) -> CUresult {
+    guard("cuMemcpyHtoD_v2_ptds", || {
+        fast_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpyHtoD_v2_ptds(d, s, n)))
+            .unwrap_or_else(|| real_call!(cuMemcpyHtoD_v2_ptds(dst, src, len)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, len: usize, stream: CUstream) -> CUresult {
+    guard("cuMemcpyHtoDAsync_v2", || {
+        fast_h2d(dst, src, len, Order::Stream(stream), |d, s, n| real_call!(cuMemcpyHtoDAsync_v2(d, s, n, stream)))
+            .unwrap_or_else(|| real_call!(cuMemcpyHtoDAsync_v2(dst, src, len, stream)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2_ptsz(dst: CUdeviceptr, src: *const c_void, len: usize, stream: CUstream) -> CUresult {
+    guard("cuMemcpyHtoDAsync_v2_ptsz", || {
+        let ordered = per_thread_stream(stream);
+        fast_h2d(dst, src, len, Order::Stream(ordered), |d, s, n| real_call!(cuMemcpyHtoDAsync_v2_ptsz(d, s, n, stream)))
+            .unwrap_or_else(|| real_call!(cuMemcpyHtoDAsync_v2_ptsz(dst, src, len, stream)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) -> CUresult {
+    guard("cuMemCreate", || {
+        let pass = || real_call!(cuMemCreate(handle, size, prop, flags));
+        // SAFETY: the application's property struct, read only.
+        let Some(asked) = (unsafe { prop.as_ref() }).copied() else { return pass() };
+        if handle.is_null() || asked.type_ != CU_MEM_ALLOCATION_TYPE_PINNED || asked.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE || asked.location.id < 0 {
+            return pass();
+        }
+        let device = asked.location.id as u32;
+        let mut state = state();
+        let (phase, tag) = (state.phase.clone(), state.tag.clone());
+        let Some(manager) = state.manager().filter(|m| m.manages(device)) else {
+            drop(state);
+            return pass();
+        };
+        let request = Request { device, size: size as u64, phase: phase.as_deref(), tag: tag.as_deref() };
+        let created = manager.create_for_application(request, |location| {
+            let mut placed = asked;
+            placed.location = mem_location(location);
+            let mut made = 0;
+            match real_call!(cuMemCreate(&mut made, size, &placed, flags)) {
+                result::SUCCESS => Ok(made),
+                code => Err(code),
+            }
+        });
+        match created {
+            Ok(made) => unsafe { write(handle, made) },
+            Err(code) => code,
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult {
+    guard("cuMemRelease", || {
+        if let Some(manager) = state().manager.as_mut() {
+            manager.forget_application_handle(handle);
+        }
+        real_call!(cuMemRelease(handle))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> CUresult {
+    guard("cuGetProcAddress", || unsafe { crate::doors::get_proc_address(symbol, pfn, version, flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, status: *mut c_int) -> CUresult {
+    guard("cuGetProcAddress_v2", || unsafe { crate::doors::get_proc_address_v2(symbol, pfn, version, flags, status) })
+}

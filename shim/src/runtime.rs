@@ -1,0 +1,218 @@
+//! The shim's state: the policy read at start-up, the memory manager built once the
+//! driver is initialised, the phase and tag, and the background pool filler.
+
+use crate::ops::RealOps;
+use crate::real_call;
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use vvram_allocator::MemoryManager;
+use vvram_cuda::{CUdevice, result};
+use vvram_policy::{Machine, Policy, parse_policy, policy_from_allocation, resolve};
+
+/// The shim's mutable state, behind one lock.
+pub struct State {
+    /// The policy in force (not yet resolved when `manager` is `None`).
+    pub policy: Option<Policy>,
+    /// Where the policy came from, for stats.
+    pub policy_origin: String,
+    /// The memory manager, once the policy is resolved against the machine.
+    pub manager: Option<MemoryManager<RealOps>>,
+    /// The current phase.
+    pub phase: Option<String>,
+    /// The current allocation tag.
+    pub tag: Option<String>,
+    said_pass_through: bool,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    policy: None,
+    policy_origin: String::new(),
+    manager: None,
+    phase: None,
+    tag: None,
+    said_pass_through: false,
+});
+
+/// Errors seen by hooks (driver failures while placing, panics caught).
+pub static HOOK_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// The state, locked. A poisoned lock is recovered: a panic was already caught and counted.
+pub fn state() -> MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The constructor: reads `VVRAM_POLICY` (a file) or `VVRAM_ALLOC` (a DisTorch2 string)
+/// and `VVRAM_PHASE`. An invalid policy stops the process here, before `main`, with the
+/// checker's message.
+pub extern "C" fn start() {
+    let loaded = match (std::env::var("VVRAM_POLICY"), std::env::var("VVRAM_ALLOC")) {
+        (Ok(path), _) if !path.is_empty() => Some(match std::fs::read_to_string(&path) {
+            Ok(text) => parse_policy(&path, &text).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{path}: cannot read the policy: {e}")),
+        }
+        .map(|p| (p, path))),
+        (_, Ok(alloc)) if !alloc.is_empty() => Some(
+            policy_from_allocation("VVRAM_ALLOC", &alloc, 0)
+                .map(|p| (p, "VVRAM_ALLOC".to_string()))
+                .map_err(|e| e.to_string()),
+        ),
+        _ => None,
+    };
+    let mut state = state();
+    match loaded {
+        Some(Ok((policy, origin))) => {
+            state.policy = Some(policy);
+            state.policy_origin = origin;
+        }
+        Some(Err(message)) => {
+            eprintln!("vvram: invalid policy, stopping: {message}");
+            // SAFETY: ending the process before main; nothing to unwind.
+            unsafe { libc::_exit(2) };
+        }
+        None => {}
+    }
+    state.phase = std::env::var("VVRAM_PHASE").ok().filter(|p| !p.is_empty());
+}
+
+/// The machine as the driver sees it, once the application has initialised it.
+fn machine() -> Option<Machine> {
+    let mut count: c_int = 0;
+    if real_call!(cuDeviceGetCount(&mut count)) != result::SUCCESS || count <= 0 {
+        return None;
+    }
+    let mut devices = Vec::new();
+    for device in 0..count {
+        let mut bytes = 0usize;
+        if real_call!(cuDeviceTotalMem_v2(&mut bytes, device as CUdevice)) != result::SUCCESS {
+            return None;
+        }
+        devices.push(bytes as u64);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }.max(0) as u64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    Some(Machine { devices, host: pages * page })
+}
+
+impl State {
+    /// The manager, built on first need: after the application initialised the driver,
+    /// when there is a policy. A policy that does not fit the machine stops the process
+    /// with the checker's message.
+    pub fn manager(&mut self) -> Option<&mut MemoryManager<RealOps>> {
+        if self.manager.is_none() {
+            crate::log::init();
+            let Some(policy) = &self.policy else {
+                if !self.said_pass_through {
+                    self.said_pass_through = true;
+                    eprintln!("vvram: no policy (VVRAM_POLICY or VVRAM_ALLOC): passing every CUDA call through unchanged");
+                }
+                return None;
+            };
+            let machine = machine()?;
+            match resolve(policy, &machine) {
+                Ok(plan) => {
+                    tracing::info!(origin = %self.policy_origin, devices = plan.devices.len(), "policy resolved against the machine");
+                    self.manager = Some(MemoryManager::new(RealOps, plan));
+                    start_pool_filler();
+                }
+                Err(error) => {
+                    eprintln!("vvram: the policy does not fit this machine, stopping: {error}");
+                    // SAFETY: a fatal configuration error; fail loudly rather than run unplaced.
+                    unsafe { libc::_exit(2) };
+                }
+            }
+        }
+        self.manager.as_mut()
+    }
+
+    /// Replaces the policy: validated against the machine when the driver is up; applies
+    /// to new allocations.
+    pub fn set_policy(&mut self, policy: Policy, origin: String) -> Result<(), String> {
+        match (&mut self.manager, machine()) {
+            (Some(manager), Some(machine)) => {
+                let plan = resolve(&policy, &machine).map_err(|e| e.to_string())?;
+                manager.set_plan(plan);
+            }
+            (None, Some(machine)) => {
+                resolve(&policy, &machine).map_err(|e| e.to_string())?;
+            }
+            (_, None) => {}
+        }
+        self.policy = Some(policy);
+        self.policy_origin = origin;
+        Ok(())
+    }
+}
+
+/// Keeps the pinned host pool filled, off the application's threads.
+fn start_pool_filler() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("vvram-pool".into()).spawn(|| {
+        let mut context = std::ptr::null_mut();
+        let device = state().manager.as_ref().and_then(|m| m.plan().devices.first().map(|d| d.index)).unwrap_or(0);
+        if real_call!(cuDevicePrimaryCtxRetain(&mut context, device as CUdevice)) == result::SUCCESS {
+            real_call!(cuCtxSetCurrent(context));
+        }
+        loop {
+            let filled = state().manager.as_mut().map(|m| m.fill_pool_step());
+            match filled {
+                Some(Ok(true)) => continue,
+                Some(Err(code)) => {
+                    tracing::warn!(code, "pinning host memory ahead failed; will retry");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the host pool thread: host memory will be pinned on demand");
+    }
+}
+
+/// Warns once when ComfyUI's Dynamic VRAM (comfy-aimdo) is loaded in the process: it
+/// patches libcuda's allocation functions itself and the two managers would fight.
+pub fn check_for_aimdo() {
+    static LAST_CHECK: Mutex<Option<Instant>> = Mutex::new(None);
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.load(Ordering::Relaxed) {
+        return;
+    }
+    {
+        let mut last = LAST_CHECK.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    if loaded_object_named("aimdo") && !WARNED.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "vvram: ComfyUI's Dynamic VRAM (comfy-aimdo) is loaded: it patches libcuda's allocation calls \
+             itself and will fight vvram. Start ComfyUI with --disable-dynamic-vram under vvram \
+             (vvram run --policy POLICY -- python main.py --disable-dynamic-vram)."
+        );
+        tracing::warn!("comfy-aimdo detected in the process");
+    }
+}
+
+/// Whether a loaded shared object's path contains `needle`.
+pub fn loaded_object_named(needle: &str) -> bool {
+    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> c_int {
+        // SAFETY: dl_iterate_phdr passes valid info; data is our &str.
+        let needle = unsafe { &*(data as *const &str) };
+        let name = unsafe { (*info).dlpi_name };
+        if name.is_null() {
+            return 0;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+        name.windows(needle.len()).any(|w| w == needle.as_bytes()) as c_int
+    }
+    let mut needle = needle;
+    // SAFETY: the callback only reads.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut needle as *mut &str as *mut libc::c_void) != 0 }
+}
