@@ -98,7 +98,8 @@ pub unsafe extern "C" fn vvram_set_tag(tag: *const c_char) -> c_int {
 
 /// The live state as JSON.
 pub fn stats_json() -> String {
-    let state = state();
+    let mut state = state();
+    state.manager();
     let devices: Vec<serde_json::Value> = state
         .manager
         .as_ref()

@@ -196,7 +196,7 @@ pub fn check_for_aimdo() {
              itself and will fight vvram. Start ComfyUI with --disable-dynamic-vram under vvram \
              (vvram run --policy POLICY -- python main.py --disable-dynamic-vram)."
         );
-        tracing::warn!("comfy-aimdo detected in the process");
+        tracing::info!("comfy-aimdo detected in the process");
     }
 }
 

@@ -126,11 +126,13 @@ fn copy(dst: u64, src: u64, bytes: usize, stream: CUstream, per_thread: bool, wa
 
 fn memset(dst: u64, value: u32, width: usize, count: usize, stream: CUstream, per_thread: bool, wait: bool) -> Outcome {
     current_device()?;
-    let bytes = value.to_ne_bytes();
     submit(&stream_of(stream, per_thread)?, wait, move || {
-        for i in 0..count {
-            // SAFETY: as on a GPU, the address is the application's; a bad one faults.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (dst as *mut u8).add(i * width), width) };
+        // SAFETY: as on a GPU, the address is the application's; a bad one faults.
+        unsafe {
+            match width {
+                1 => std::ptr::write_bytes(dst as *mut u8, value as u8, count),
+                _ => std::slice::from_raw_parts_mut(dst as *mut u32, count).fill(value),
+            }
         }
     });
     Ok(())

@@ -31,6 +31,15 @@ pub fn fake_driver_dir() -> PathBuf {
     dir
 }
 
+/// The built `libvvram.so`.
+pub fn shim_library() -> PathBuf {
+    let build = build_dir();
+    [build.join("deps/libvvram.so"), build.join("libvvram.so")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("libvvram.so is built: cargo builds it as a dev-dependency")
+}
+
 /// A command for `program` that loads the fake driver as `libcuda.so.1`.
 pub fn on_fake_driver(program: &Path) -> Command {
     let mut command = Command::new(program);

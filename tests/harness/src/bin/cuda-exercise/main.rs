@@ -10,12 +10,17 @@ use std::time::Instant;
 use vvram_cuda::*;
 use vvram_harness::{CallError, Cuda, Door, cu, ptx};
 
+mod shim;
+
 const MIB: usize = 1 << 20;
 
 struct Session {
     cuda: Cuda,
     functions: Vec<(String, CUfunction)>,
 }
+
+// SAFETY: driver entry points, modules and functions may be used from any thread.
+unsafe impl Sync for Session {}
 
 impl From<CallError> for Failure {
     fn from(e: CallError) -> Failure {
@@ -369,6 +374,11 @@ fn run(args: &[String]) -> Checked {
         "order" => order(&s)?,
         "oom" => oom(&s)?,
         "params" => params(&s)?,
+        "spread" => shim::spread(&s)?,
+        "threads" => shim::threads(&s)?,
+        "h2d" => shim::h2d(&s)?,
+        "app-vmm" => shim::app_vmm(&s)?,
+        "control" => shim::control(&s)?,
         "create-calls" => create_calls(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(4))?,
         "all" => {
             devices(&s)?;
@@ -378,7 +388,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, create-calls N, all"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())
