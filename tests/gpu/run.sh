@@ -20,9 +20,17 @@ done
 check "$bin/cuda-exercise" unmapped
 
 if [ -f "$bin/libvvram.so" ]; then
-  for script in "$here"/*.py; do
-    section "shim: $(basename "$script")"
-    check env VVRAM_LIB="$bin/libvvram.so" python3 "$script"
+  exact=$(mktemp --suffix=.toml)
+  printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "16GiB" }]\n' > "$exact"
+  section "shim: cuda-exercise under libvvram.so"
+  for scenario in spread h2d app-vmm control; do
+    check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$exact" "$bin/cuda-exercise" "$scenario"
+  done
+  policy=$(mktemp --suffix=.toml)
+  printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "32GiB" }]\n' > "$policy"
+  for conf in "" "expandable_segments:True" "backend:cudaMallocAsync"; do
+    section "shim: PyTorch, PYTORCH_CUDA_ALLOC_CONF='$conf'"
+    check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$policy" PYTORCH_CUDA_ALLOC_CONF="$conf" python3 "$here/torch_tiers.py"
   done
 fi
 
