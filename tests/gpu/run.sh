@@ -23,7 +23,7 @@ if [ -f "$bin/libvvram.so" ]; then
   exact=$(mktemp --suffix=.toml)
   printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "16GiB" }]\n' > "$exact"
   section "shim: cuda-exercise under libvvram.so"
-  for scenario in spread h2d app-vmm control; do
+  for scenario in spread h2d app-vmm; do
     check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$exact" "$bin/cuda-exercise" "$scenario"
   done
   policy=$(mktemp --suffix=.toml)
