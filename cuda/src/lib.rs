@@ -7,7 +7,9 @@
 
 #![allow(non_camel_case_types, non_snake_case)]
 
-use std::ffi::{c_char, c_int, c_uint, c_void};
+pub mod kernels;
+
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 
 /// `CUresult`.
 pub type CUresult = c_uint;
@@ -418,6 +420,29 @@ driver_api! {
     cuGetProcAddress_v2: fn(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int, flags: u64, status: *mut c_int);
     cuGetErrorString: fn(error: CUresult, text: *mut *const c_char);
     cuGetErrorName: fn(error: CUresult, text: *mut *const c_char);
+}
+
+/// The driver library opened the way applications open it: `dlopen("libcuda.so.1")`.
+pub struct Driver {
+    /// Entry points, looked up with `dlsym` on the library.
+    pub api: DriverApi,
+    /// The library handle.
+    pub handle: *mut c_void,
+}
+
+impl Driver {
+    /// Opens `libcuda.so.1`; the message says why not (no driver installed, usually).
+    pub fn open() -> Result<Driver, String> {
+        // SAFETY: plain dlopen of the driver.
+        let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if handle.is_null() {
+            // SAFETY: dlerror returns a C string after a failed dlopen.
+            let why = unsafe { CStr::from_ptr(libc::dlerror()) }.to_string_lossy().into_owned();
+            return Err(format!("no CUDA driver: cannot open libcuda.so.1 ({why})"));
+        }
+        let api = DriverApi::load(|name| unsafe { libc::dlsym(handle, name.as_ptr() as *const c_char) });
+        Ok(Driver { api, handle })
+    }
 }
 
 #[cfg(test)]

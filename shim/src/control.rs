@@ -5,6 +5,7 @@ use crate::runtime::{HOOK_ERRORS, state};
 use std::ffi::{CStr, c_char, c_int};
 use std::sync::atomic::Ordering;
 use vvram_policy::{parse_policy, policy_from_allocation};
+use vvram_stats::{DeviceSnapshot, Snapshot, TierSnapshot};
 
 /// Copies `message` into a caller's buffer of `len` bytes, truncated, NUL-terminated.
 unsafe fn write_message(buffer: *mut c_char, len: usize, message: &str) {
@@ -96,55 +97,49 @@ pub unsafe extern "C" fn vvram_set_tag(tag: *const c_char) -> c_int {
     }
 }
 
-/// The live state as JSON.
-pub fn stats_json() -> String {
+/// The live state, as `vvram_stats_json` and the shared-memory region show it.
+pub fn snapshot() -> Snapshot {
     let mut state = state();
     state.manager();
-    let devices: Vec<serde_json::Value> = state
-        .manager
-        .as_ref()
+    let manager = state.manager.as_ref();
+    let devices = manager
         .map(|m| {
             m.plan()
                 .devices
                 .iter()
                 .filter_map(|d| m.usage(d.index))
-                .map(|u| {
-                    serde_json::json!({
-                        "device": u.device,
-                        "reported_total": u.reported_total,
-                        "allocations": u.allocations,
-                        "tiers": u.tiers.iter().map(|t| serde_json::json!({
-                            "tier": t.tier.to_string(), "used": t.used, "capacity": t.capacity,
-                        })).collect::<Vec<_>>(),
-                    })
+                .map(|u| DeviceSnapshot {
+                    device: u.device,
+                    reported_total: u.reported_total,
+                    allocations: u.allocations,
+                    tiers: u.tiers.iter().map(|t| TierSnapshot { tier: t.tier.to_string(), used: t.used, capacity: t.capacity }).collect(),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let counters = state.manager.as_ref().map(|m| m.counters()).unwrap_or_default();
-    serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "policy": if state.policy.is_some() { Some(state.policy_origin.clone()) } else { None },
-        "active": state.manager.is_some(),
-        "phase": state.phase,
-        "tag": state.tag,
-        "devices": devices,
-        "host_pool_bytes": state.manager.as_ref().map_or(0, |m| m.pool_bytes()),
-        "allocations": counters.allocations,
-        "frees": counters.frees,
-        "out_of_memory": counters.out_of_memory,
-        "fast_h2d_bytes": counters.fast_h2d_bytes,
-        "errors": counters.errors + HOOK_ERRORS.load(Ordering::Relaxed),
-    })
-    .to_string()
+    let counters = manager.map(|m| m.counters()).unwrap_or_default();
+    Snapshot {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        policy: state.policy.as_ref().map(|_| state.policy_origin.clone()),
+        active: manager.is_some(),
+        phase: state.phase.clone(),
+        tag: state.tag.clone(),
+        devices,
+        host_pool_bytes: manager.map_or(0, |m| m.pool_bytes()),
+        allocations: counters.allocations,
+        frees: counters.frees,
+        out_of_memory: counters.out_of_memory,
+        fast_h2d_bytes: counters.fast_h2d_bytes,
+        errors: counters.errors + HOOK_ERRORS.load(Ordering::Relaxed),
+    }
 }
 
 /// Writes the live state as JSON into `buffer` (NUL-terminated, when it fits in `len`
 /// bytes). Returns the bytes needed including the NUL, so a caller can retry larger.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vvram_stats_json(buffer: *mut c_char, len: usize) -> usize {
-    let json = stats_json();
+    let json = snapshot().to_json();
     if json.len() < len {
         unsafe { write_message(buffer, len, &json) };
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use vvram_allocator::MemoryManager;
 use vvram_cuda::{CUdevice, result};
 use vvram_policy::{Machine, Policy, parse_policy, policy_from_allocation, resolve};
+use vvram_stats::Region;
 
 /// The shim's mutable state, behind one lock.
 pub struct State {
@@ -115,7 +116,7 @@ impl State {
                 Ok(plan) => {
                     tracing::info!(origin = %self.policy_origin, devices = plan.devices.len(), "policy resolved against the machine");
                     self.manager = Some(MemoryManager::new(RealOps, plan));
-                    start_pool_filler();
+                    start_background();
                 }
                 Err(error) => {
                     eprintln!("vvram: the policy does not fit this machine, stopping: {error}");
@@ -146,19 +147,51 @@ impl State {
     }
 }
 
-/// Keeps the pinned host pool filled, off the application's threads.
-fn start_pool_filler() {
+/// How often the background thread publishes statistics.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// The shared-memory statistics region, removed at exit.
+static REGION: Mutex<Option<Region>> = Mutex::new(None);
+
+extern "C" fn remove_region() {
+    REGION.lock().unwrap_or_else(|p| p.into_inner()).take();
+}
+
+/// The background thread, off the application's threads: keeps the pinned host pool
+/// filled and publishes statistics for `vvram stats`.
+fn start_background() {
     static STARTED: AtomicBool = AtomicBool::new(false);
     if STARTED.swap(true, Ordering::AcqRel) {
         return;
     }
-    let spawned = std::thread::Builder::new().name("vvram-pool".into()).spawn(|| {
+    match Region::create() {
+        Ok(region) => {
+            *REGION.lock().unwrap_or_else(|p| p.into_inner()) = Some(region);
+            // SAFETY: registering a plain function.
+            unsafe { libc::atexit(remove_region) };
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot create the statistics region: `vvram stats` will not see this process"),
+    }
+    let spawned = std::thread::Builder::new().name("vvram-background".into()).spawn(|| {
         let mut context = std::ptr::null_mut();
         let device = state().manager.as_ref().and_then(|m| m.plan().devices.first().map(|d| d.index)).unwrap_or(0);
         if real_call!(cuDevicePrimaryCtxRetain(&mut context, device as CUdevice)) == result::SUCCESS {
             real_call!(cuCtxSetCurrent(context));
         }
+        let mut published = String::new();
+        let mut last_publish = Instant::now() - PUBLISH_EVERY;
         loop {
+            if last_publish.elapsed() >= PUBLISH_EVERY {
+                last_publish = Instant::now();
+                let snapshot = crate::control::snapshot();
+                let json = snapshot.to_json();
+                if json != published {
+                    if let Some(region) = REGION.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                        region.publish(&snapshot);
+                    }
+                    published = json;
+                }
+            }
             let filled = state().manager.as_mut().map(|m| m.fill_pool_step());
             match filled {
                 Some(Ok(true)) => continue,
@@ -166,12 +199,12 @@ fn start_pool_filler() {
                     tracing::warn!(code, "pinning host memory ahead failed; will retry");
                     std::thread::sleep(Duration::from_secs(1));
                 }
-                _ => std::thread::sleep(Duration::from_millis(50)),
+                _ => std::thread::sleep(Duration::from_millis(20)),
             }
         }
     });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the host pool thread: host memory will be pinned on demand");
+        tracing::warn!(error = %e, "cannot start the background thread: host memory will be pinned on demand");
     }
 }
 

@@ -6,6 +6,7 @@
 //! * `FAKECUDA_KERNEL_US=500`: extra time each kernel launch takes, to model compute.
 //! * `FAKECUDA_FAIL="cuMemCreate:3,cuMemMap:every:7=2"`: fault injection (see `fault`).
 //! * `FAKECUDA_NAME="Fake H100"`: the devices' name.
+//! * `CUDA_VISIBLE_DEVICES`: honoured as the driver does.
 
 use crate::fault::FaultRule;
 use std::sync::OnceLock;
@@ -27,6 +28,24 @@ pub struct Config {
     pub name: String,
 }
 
+/// The machine's devices the process sees, by `CUDA_VISIBLE_DEVICES` as the driver
+/// reads it: indices in the order given, stopping at the first invalid entry.
+fn visible_devices(setting: Option<&str>, count: usize) -> Vec<usize> {
+    match setting {
+        None => (0..count).collect(),
+        Some(list) => {
+            let mut visible = Vec::new();
+            for entry in list.split(',') {
+                match entry.trim().parse::<usize>() {
+                    Ok(d) if d < count && !visible.contains(&d) => visible.push(d),
+                    _ => break,
+                }
+            }
+            visible
+        }
+    }
+}
+
 /// The configuration, read once. A malformed variable is reported on stderr and the
 /// process exits: a fake machine that silently differs from what a test asked for would
 /// make the test meaningless.
@@ -43,15 +62,17 @@ pub fn config() -> &'static Config {
 
 fn read() -> Result<Config, String> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let devices = match var("FAKECUDA_DEVICES") {
+    let machine = match var("FAKECUDA_DEVICES") {
         None => vec![24 * GIB],
         Some(list) => list
             .split(',')
             .map(|s| parse_size(s).map_err(|e| format!("FAKECUDA_DEVICES `{s}`: {e}")))
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let n = devices.len();
-    let peers = match var("FAKECUDA_PEERS").as_deref() {
+    let visible = visible_devices(var("CUDA_VISIBLE_DEVICES").as_deref(), machine.len());
+    let devices: Vec<u64> = visible.iter().map(|&d| machine[d]).collect();
+    let n = machine.len();
+    let all_peers = match var("FAKECUDA_PEERS").as_deref() {
         None | Some("all") => (0..n).map(|a| (0..n).map(|b| a != b).collect()).collect(),
         Some("none") => vec![vec![false; n]; n],
         Some(pairs) => {
@@ -68,6 +89,7 @@ fn read() -> Result<Config, String> {
             peers
         }
     };
+    let peers = visible.iter().map(|&a| visible.iter().map(|&b| all_peers[a][b]).collect()).collect();
     let host = match var("FAKECUDA_HOST") {
         None => 64 * GIB,
         Some(s) => parse_size(&s).map_err(|e| format!("FAKECUDA_HOST `{s}`: {e}"))?,

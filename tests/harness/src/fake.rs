@@ -14,10 +14,10 @@ pub fn build_dir() -> PathBuf {
 /// A directory with `libcuda.so.1` pointing at the fake driver, for `LD_LIBRARY_PATH`.
 pub fn fake_driver_dir() -> PathBuf {
     let build = build_dir();
-    let library = [build.join("deps/libcuda.so"), build.join("libcuda.so")]
+    let library = [build.join("deps/libfakecuda.so"), build.join("libfakecuda.so")]
         .into_iter()
         .find(|p| p.exists())
-        .expect("the fake driver (libcuda.so) is built: cargo builds it as a dev-dependency");
+        .expect("the fake driver (libfakecuda.so) is built: cargo builds it as a dev-dependency");
     let dir = build.join("fakecuda-lib");
     std::fs::create_dir_all(&dir).expect("create fakecuda-lib");
     let link = dir.join("libcuda.so.1");

@@ -2,9 +2,9 @@
 //! the test programs here on the fake driver and on real GPUs.
 
 pub mod fake;
-pub mod ptx;
 
-use std::ffi::{CStr, CString, c_int, c_void};
+
+use std::ffi::{CString, c_int, c_void};
 use vvram_cuda::{CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, CUresult, DriverApi, result};
 
 /// How the program reaches the driver's entry points.
@@ -75,15 +75,12 @@ pub fn base_name(symbol: &str) -> &str {
 impl Cuda {
     /// Opens `libcuda.so.1` and resolves every entry point through `door`.
     pub fn load(door: Door) -> Result<Cuda, String> {
-        // SAFETY: plain dlopen/dlsym of the driver, as applications do.
-        let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        if handle.is_null() {
-            let message = unsafe { CStr::from_ptr(libc::dlerror()) }.to_string_lossy().into_owned();
-            return Err(format!("cannot open libcuda.so.1: {message}"));
-        }
+        let driver = vvram_cuda::Driver::open()?;
+        let handle = driver.handle;
+        // SAFETY: plain dlsym on the driver's handle, as applications do.
         let by_dlsym = |name: &'static [u8]| unsafe { libc::dlsym(handle, name.as_ptr() as *const _) };
         let api = match door {
-            Door::Dlsym => DriverApi::load(by_dlsym),
+            Door::Dlsym => driver.api,
             Door::ProcAddress | Door::ProcAddressPerThread => {
                 let get = by_dlsym(b"cuGetProcAddress_v2\0");
                 if get.is_null() {

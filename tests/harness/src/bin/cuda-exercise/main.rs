@@ -8,7 +8,8 @@
 use std::ffi::{CString, c_int, c_uint, c_void};
 use std::time::Instant;
 use vvram_cuda::*;
-use vvram_harness::{CallError, Cuda, Door, cu, ptx};
+use vvram_cuda::kernels as ptx;
+use vvram_harness::{CallError, Cuda, Door, cu};
 
 mod shim;
 

@@ -1,5 +1,6 @@
-//! The test kernels as PTX, so the same program runs on a real GPU. The fake driver
-//! recognises the same entry names and runs its built-in versions.
+//! Small kernels as PTX for the demo and the test programs, so the same program runs on
+//! a real GPU (the driver compiles the PTX) and on the fake driver, which
+//! recognises the entry names and runs its built-in versions.
 
 /// A module with `fill_f32`, `scale_f32`, `sum_f32`, `copy` and `struct_copy`
 /// (parameter layouts in tests/fakecuda/src/kernels.rs), NUL-terminated.
