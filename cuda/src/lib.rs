@@ -349,6 +349,8 @@ driver_api! {
     cuCtxSynchronize: fn();
     cuCtxEnablePeerAccess: fn(peer: CUcontext, flags: c_uint);
     cuMemGetInfo_v2: fn(free: *mut usize, total: *mut usize);
+    cuMemAllocHost_v2: fn(pointer: *mut *mut c_void, bytes: usize);
+    cuMemFreeHost: fn(pointer: *mut c_void);
     cuMemAlloc_v2: fn(dptr: *mut CUdeviceptr, bytes: usize);
     cuMemAllocPitch_v2: fn(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, element_size: c_uint);
     cuMemFree_v2: fn(dptr: CUdeviceptr);

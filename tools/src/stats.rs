@@ -1,0 +1,100 @@
+//! `vvram stats PID`: the live statistics of a process running under libvvram.so.
+
+use clap::Args;
+use std::process::ExitCode;
+use std::time::Duration;
+use vvram_policy::size::format_size;
+use vvram_stats::{ReadError, Snapshot, read};
+
+/// Show where a running process's memory lives, read from its shared-memory region
+/// without stopping it.
+#[derive(Args)]
+#[command(after_help = "Examples:\n  vvram stats 12345\n  vvram stats 12345 --watch\n  vvram stats 12345 --json\n\nExit codes: 0; 1 when the process is not running, not running vvram, or belongs to another user.")]
+pub struct StatsArgs {
+    /// The process ID.
+    pid: u32,
+    /// Refresh every second until the process ends (Ctrl-C to stop).
+    #[arg(long)]
+    watch: bool,
+    /// Print the snapshot as JSON (the same fields as vvram_stats_json).
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
+}
+
+fn bar(used: u64, capacity: u64) -> String {
+    let filled = if capacity == 0 { 0 } else { ((used as f64 / capacity as f64) * 20.0).round().min(20.0) as usize };
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
+}
+
+/// The snapshot as a table.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = format!(
+        "vvram {} in process {} — policy {}, phase {}{}\n",
+        s.version,
+        s.pid,
+        s.policy.as_deref().unwrap_or("none"),
+        s.phase.as_deref().unwrap_or("none"),
+        if s.active { "" } else { " (not active yet)" }
+    );
+    for device in &s.devices {
+        out += &format!("\ndevice {} — the application is told it holds {}\n", device.device, format_size(device.reported_total));
+        out += &format!("  {:<8} {:>12} {:>12} {:>7}\n", "tier", "used", "budget", "");
+        for tier in &device.tiers {
+            out += &format!(
+                "  {:<8} {:>12} {:>12} {:>6.1}% {}\n",
+                tier.tier,
+                format_size(tier.used),
+                format_size(tier.capacity),
+                if tier.capacity == 0 { 0.0 } else { tier.used as f64 * 100.0 / tier.capacity as f64 },
+                bar(tier.used, tier.capacity)
+            );
+        }
+        out += &format!("  live allocations: {}\n", device.allocations);
+    }
+    out += &format!(
+        "\nallocations served {}, freed {}, refused (out of memory) {}\nhost pool {} pinned ahead; CPU copies into host tier {}; errors {}\n",
+        s.allocations,
+        s.frees,
+        s.out_of_memory,
+        format_size(s.host_pool_bytes),
+        format_size(s.fast_h2d_bytes),
+        s.errors
+    );
+    out
+}
+
+/// Runs `vvram stats`.
+pub fn run(args: &StatsArgs) -> ExitCode {
+    let fail = |e: ReadError| {
+        eprintln!("vvram stats: {e}");
+        ExitCode::from(1)
+    };
+    if !args.watch {
+        return match read(args.pid) {
+            Ok(s) if args.json => {
+                println!("{}", s.to_json());
+                ExitCode::SUCCESS
+            }
+            Ok(s) => {
+                print!("{}", render(&s));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let mut seen = false;
+    loop {
+        match read(args.pid) {
+            Ok(s) => {
+                seen = true;
+                print!("\x1b[2J\x1b[H{}\n(refreshing every second; Ctrl-C to stop)\n", render(&s));
+            }
+            Err(ReadError::NoProcess(pid) | ReadError::NotVvram(pid)) if seen => {
+                println!("process {pid} has ended");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => return fail(e),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
