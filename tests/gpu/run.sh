@@ -28,6 +28,8 @@ if [ -f "$bin/libvvram.so" ]; then
   done
   policy=$(mktemp --suffix=.toml)
   printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "32GiB" }]\n' > "$policy"
+  section "shim: ComfyUI package preset through the node class"
+  check env LD_PRELOAD="$bin/libvvram.so" python3 "$here/comfyui_preset.py"
   for conf in "" "expandable_segments:True" "backend:cudaMallocAsync"; do
     section "shim: PyTorch, PYTORCH_CUDA_ALLOC_CONF='$conf'"
     check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$policy" PYTORCH_CUDA_ALLOC_CONF="$conf" python3 "$here/torch_tiers.py"
