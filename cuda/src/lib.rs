@@ -424,6 +424,41 @@ driver_api! {
     cuGetErrorName: fn(error: CUresult, text: *mut *const c_char);
 }
 
+/// A failed driver call: the entry point and what it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallError {
+    /// The entry point.
+    pub what: &'static str,
+    /// Its result (`CUDA_ERROR_NOT_FOUND` when the driver lacks the entry point).
+    pub code: CUresult,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = result::name(self.code).map_or("unknown".into(), |n| n.to_string_lossy());
+        write!(f, "{} failed: {} ({name})", self.what, self.code)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// Turns a result code into a `Result`.
+pub fn check(code: CUresult, what: &'static str) -> Result<(), CallError> {
+    if code == result::SUCCESS { Ok(()) } else { Err(CallError { what, code }) }
+}
+
+/// Calls an entry point of a [`DriverApi`] (`call!(api, cuInit(0))`), as a `Result`.
+#[macro_export]
+macro_rules! call {
+    ($api:expr, $name:ident ( $($arg:expr),* $(,)? )) => {
+        match $api.$name {
+            // SAFETY: the arguments are the caller's, as with the C API.
+            Some(f) => $crate::check(unsafe { f($($arg),*) }, stringify!($name)),
+            None => Err($crate::CallError { what: stringify!($name), code: $crate::result::NOT_FOUND }),
+        }
+    };
+}
+
 /// The driver library opened the way applications open it: `dlopen("libcuda.so.1")`.
 pub struct Driver {
     /// Entry points, looked up with `dlsym` on the library.

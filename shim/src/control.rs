@@ -71,30 +71,28 @@ fn valid_name(name: &str) -> bool {
     name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
-/// Sets the phase placement rules match on (`NULL` or `""` clears it).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn vvram_set_phase(phase: *const c_char) -> c_int {
-    let name = if phase.is_null() { Some("") } else { unsafe { text(phase) } };
+/// Sets a rule-matching name (phase or tag) from a C string; `NULL` or `""` clears it.
+unsafe fn set_name(pointer: *const c_char, field: impl FnOnce(&mut crate::runtime::State) -> &mut Option<String>) -> c_int {
+    let name = if pointer.is_null() { Some("") } else { unsafe { text(pointer) } };
     match name {
         Some(name) if valid_name(name) => {
-            state().phase = (!name.is_empty()).then(|| name.to_string());
+            *field(&mut state()) = (!name.is_empty()).then(|| name.to_string());
             0
         }
         _ => 2,
     }
 }
 
+/// Sets the phase placement rules match on (`NULL` or `""` clears it).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vvram_set_phase(phase: *const c_char) -> c_int {
+    unsafe { set_name(phase, |s| &mut s.phase) }
+}
+
 /// Sets the tag placement rules match on for allocations from now on (`NULL` or `""` clears it).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vvram_set_tag(tag: *const c_char) -> c_int {
-    let name = if tag.is_null() { Some("") } else { unsafe { text(tag) } };
-    match name {
-        Some(name) if valid_name(name) => {
-            state().tag = (!name.is_empty()).then(|| name.to_string());
-            0
-        }
-        _ => 2,
-    }
+    unsafe { set_name(tag, |s| &mut s.tag) }
 }
 
 /// The live state, as `vvram_stats_json` and the shared-memory region show it.

@@ -8,7 +8,7 @@ use std::ffi::{CString, c_char, c_uint, c_void};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
-use vvram_cuda::{CUfunction, CUresult, Driver, kernels, result};
+use vvram_cuda::{CUfunction, Driver, kernels};
 use vvram_policy::size::format_size;
 use vvram_stats::Snapshot;
 
@@ -93,21 +93,9 @@ struct Workload {
     stats: unsafe extern "C" fn(*mut c_char, usize) -> usize,
 }
 
-fn check(code: CUresult, what: &str) -> Result<(), String> {
-    if code == result::SUCCESS {
-        return Ok(());
-    }
-    let name = result::name(code).map_or("unknown".into(), |n| n.to_string_lossy().into_owned());
-    Err(format!("{what} failed: {code} ({name})"))
-}
-
 macro_rules! cu {
     ($w:expr, $name:ident ( $($arg:expr),* )) => {
-        match $w.driver.api.$name {
-            // SAFETY: arguments as the driver API documents them.
-            Some(f) => check(unsafe { f($($arg),*) }, stringify!($name)),
-            None => Err(format!("the driver has no {}", stringify!($name))),
-        }
+        vvram_cuda::call!($w.driver.api, $name($($arg),*)).map_err(|e| e.to_string())
     };
 }
 

@@ -6,7 +6,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
-use vvram_cuda::{CUresult, Driver, result};
+use vvram_cuda::Driver;
 use vvram_policy::size::{MIB, format_size};
 
 /// List the GPUs the CUDA driver sees, which can reach which, and what
@@ -28,20 +28,8 @@ struct Gpu<'a> {
 
 macro_rules! call {
     ($driver:expr, $name:ident ( $($arg:expr),* )) => {
-        match $driver.api.$name {
-            // SAFETY: arguments as the driver API documents them.
-            Some(f) => match unsafe { f($($arg),*) } {
-                result::SUCCESS => Ok(()),
-                code => Err(failure(stringify!($name), code)),
-            },
-            None => Err(format!("the driver has no {}", stringify!($name))),
-        }
+        vvram_cuda::call!($driver.api, $name($($arg),*)).map_err(|e| e.to_string())
     };
-}
-
-fn failure(what: &str, code: CUresult) -> String {
-    let name = result::name(code).map_or("unknown".into(), |n| n.to_string_lossy().into_owned());
-    format!("{what} failed: {code} ({name})")
 }
 
 fn c_text(buffer: &[c_char]) -> String {

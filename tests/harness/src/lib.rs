@@ -5,7 +5,7 @@ pub mod fake;
 
 
 use std::ffi::{CString, c_int, c_void};
-use vvram_cuda::{CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, CUresult, DriverApi, result};
+use vvram_cuda::{CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, DriverApi, result};
 
 /// How the program reaches the driver's entry points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,26 +39,7 @@ pub struct Cuda {
     pub handle: *mut c_void,
 }
 
-/// A failed driver call: what was called and what it returned.
-#[derive(Debug)]
-pub struct CallError {
-    /// The call.
-    pub what: String,
-    /// Its result.
-    pub code: CUresult,
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = result::name(self.code).map_or("unknown".into(), |n| n.to_string_lossy().into_owned());
-        write!(f, "{} failed: {} ({name})", self.what, self.code)
-    }
-}
-
-/// Turns a result code into a `Result`.
-pub fn check(code: CUresult, what: &str) -> Result<(), CallError> {
-    if code == result::SUCCESS { Ok(()) } else { Err(CallError { what: what.to_string(), code }) }
-}
+pub use vvram_cuda::{CallError, check};
 
 /// The symbol names' base form for `cuGetProcAddress`: without `_v2`/`_v3` and stream suffixes.
 pub fn base_name(symbol: &str) -> &str {
@@ -108,14 +89,10 @@ impl Cuda {
     }
 }
 
-/// Calls a driver entry point through its `Option` slot, as `check`ed `Result`.
+/// Calls a driver entry point of a [`Cuda`] as a checked `Result`.
 #[macro_export]
 macro_rules! cu {
-    ($cuda:expr, $name:ident ( $($arg:expr),* $(,)? )) => {{
-        match $cuda.api.$name {
-            // SAFETY: arguments are the caller's responsibility, as with the C API.
-            Some(f) => $crate::check(unsafe { f($($arg),*) }, stringify!($name)),
-            None => Err($crate::CallError { what: concat!(stringify!($name), " (missing)").to_string(), code: vvram_cuda::result::NOT_FOUND }),
-        }
-    }};
+    ($cuda:expr, $name:ident ( $($arg:expr),* $(,)? )) => {
+        vvram_cuda::call!($cuda.api, $name($($arg),*))
+    };
 }

@@ -50,22 +50,22 @@ impl Control {
         }
     }
 
-    fn tier_used(&self, tier: &str) -> Checked<u64> {
+    /// A field (`used` or `capacity`) of one tier of device 0.
+    fn tier_field(&self, tier: &str, field: &str) -> Checked<u64> {
         let stats = self.stats()?;
         stats["devices"][0]["tiers"]
             .as_array()
             .and_then(|tiers| tiers.iter().find(|t| t["tier"] == tier))
-            .and_then(|t| t["used"].as_u64())
+            .and_then(|t| t[field].as_u64())
             .ok_or_else(|| Failure(format!("no tier {tier} in the stats: {stats}")))
     }
 
+    fn tier_used(&self, tier: &str) -> Checked<u64> {
+        self.tier_field(tier, "used")
+    }
+
     fn capacity(&self, tier: &str) -> Checked<u64> {
-        let stats = self.stats()?;
-        stats["devices"][0]["tiers"]
-            .as_array()
-            .and_then(|tiers| tiers.iter().find(|t| t["tier"] == tier))
-            .and_then(|t| t["capacity"].as_u64())
-            .ok_or_else(|| Failure(format!("no tier {tier} in the stats: {stats}")))
+        self.tier_field(tier, "capacity")
     }
 
     fn set_policy(&self, toml: &str) -> Result<(), String> {
