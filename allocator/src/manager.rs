@@ -384,13 +384,12 @@ impl<D: Driver> MemoryManager<D> {
                 }
             }
         }
-        if failure.is_none() {
-            if let Err((mapped, code)) = self.map_chunks(request.device, start, &chunks) {
+        if failure.is_none()
+            && let Err((mapped, code)) = self.map_chunks(request.device, start, &chunks) {
                 self.unmap_chunks(start, mapped);
                 self.counters.errors += 1;
                 failure = Some(code);
             }
-        }
         if let Some(code) = failure {
             for chunk in chunks {
                 self.return_chunk(space, chunk);
@@ -614,11 +613,10 @@ impl<D: Driver> MemoryManager<D> {
     /// The caller releases it with the driver.
     pub fn forget_application_handle(&mut self, handle: Handle) -> bool {
         let Some(app) = self.app_handles.remove(&handle) else { return false };
-        if let Some(space) = self.spaces.iter_mut().find(|s| s.device == app.device) {
-            if let Some(used) = space.used.get_mut(&app.tier) {
+        if let Some(space) = self.spaces.iter_mut().find(|s| s.device == app.device)
+            && let Some(used) = space.used.get_mut(&app.tier) {
                 *used -= app.size;
             }
-        }
         self.counters.frees += 1;
         true
     }
@@ -672,11 +670,10 @@ impl<D: Driver> MemoryManager<D> {
 
     fn trim_pool(&mut self) {
         while self.pool_bytes() > self.plan.host_pool {
-            if let Some(handle) = self.pool.pop() {
-                if self.driver.release(handle).is_err() {
+            if let Some(handle) = self.pool.pop()
+                && self.driver.release(handle).is_err() {
                     self.counters.errors += 1;
                 }
-            }
         }
     }
 
@@ -701,13 +698,12 @@ impl<D: Driver> MemoryManager<D> {
 }
 
 fn insert_merged(free: &mut BTreeMap<u64, u64>, mut start: u64, mut len: u64) {
-    if let Some((&before, &before_len)) = free.range(..start).next_back() {
-        if before + before_len == start {
+    if let Some((&before, &before_len)) = free.range(..start).next_back()
+        && before + before_len == start {
             free.remove(&before);
             start = before;
             len += before_len;
         }
-    }
     if let Some(&after_len) = free.get(&(start + len)) {
         free.remove(&(start + len));
         len += after_len;

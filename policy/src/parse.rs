@@ -237,14 +237,13 @@ impl Source<'_> {
     }
 
     fn convert(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
-        if let Some(version) = &raw.version {
-            if *version.get_ref() != 1 {
+        if let Some(version) = &raw.version
+            && *version.get_ref() != 1 {
                 return Err(self.error(
                     version.span(),
                     format!("policy version {} is not known: expected `version = 1`", version.get_ref()),
                 ));
             }
-        }
         let machine = raw.machine.map(|m| self.machine(m)).transpose()?;
         if raw.device.is_empty() {
             return Err(PolicyError::new(
@@ -487,19 +486,17 @@ impl Source<'_> {
 /// Turns serde's messages into ones that say what would be valid.
 fn explain_toml_message(message: &str) -> String {
     let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
-    if message.starts_with("unknown field") {
-        if let Some((unknown, valid)) = quoted.split_first() {
+    if message.starts_with("unknown field")
+        && let Some((unknown, valid)) = quoted.split_first() {
             let suggestion = did_you_mean(unknown, valid)
                 .map(|s| format!(": did you mean `{s}`?"))
                 .unwrap_or_default();
             return format!("unknown key `{unknown}`{suggestion} (valid keys here: {})", valid.join(", "));
         }
-    }
-    if message.starts_with("missing field") {
-        if let Some(field) = quoted.first() {
+    if message.starts_with("missing field")
+        && let Some(field) = quoted.first() {
             return format!("missing key `{field}` in this table");
         }
-    }
     message.trim_end().to_string()
 }
 

@@ -127,7 +127,7 @@ fn fractional_bytes(digits: &str, multiplier: u64) -> Option<u64> {
 /// `4097B`); [`parse_size`] gives the same number back.
 pub fn format_size_exact(bytes: u64) -> String {
     for (unit, name) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{}", bytes / unit, name);
         }
     }
@@ -144,7 +144,7 @@ pub fn format_size(bytes: u64) -> String {
         return format!("{bytes} B");
     }
     let value = bytes as f64 / unit as f64;
-    if bytes % unit == 0 {
+    if bytes.is_multiple_of(unit) {
         format!("{} {name}", bytes / unit)
     } else {
         format!("{value:.2} {name}")

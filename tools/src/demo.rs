@@ -219,7 +219,7 @@ fn run_workload(hold: bool) -> Result<(), String> {
     let mut sums = vec![0f32; count as usize];
     cu!(w, cuMemcpyDtoH_v2(sums.as_mut_ptr() as *mut c_void, out, (count * 4) as usize))?;
 
-    println!("{:<7} {:<24} {:>12} {:>14}  {}", "buffer", "lives on", "copy in", "sum x2", "check");
+    println!("{:<7} {:<24} {:>12} {:>14}  check", "buffer", "lives on", "copy in", "sum x2");
     let mut failures = 0;
     let mut per_tier: BTreeMap<String, (u64, f64)> = BTreeMap::new();
     for (i, buffer) in buffers.iter().enumerate() {

@@ -99,7 +99,7 @@ fn report(gpu: &Gpu, args: &DevicesArgs) -> Result<(), String> {
     let mut version = 0;
     call!(gpu.driver, cuDriverGetVersion(&mut version))?;
     println!("CUDA driver {}.{}, {count} device(s)", version / 1000, version % 1000 / 10);
-    println!("{:<3} {:<28} {:>12}  {:<18} {}", "#", "name", "memory", "PCI bus", "compute");
+    println!("{:<3} {:<28} {:>12}  {:<18} compute", "#", "name", "memory", "PCI bus");
     for device in 0..count {
         let (name, bytes, bus, (major, minor)) = gpu.describe(device)?;
         println!("{device:<3} {name:<28} {:>12}  {bus:<18} {major}.{minor}", format_size(bytes));

@@ -134,7 +134,7 @@ pub fn render(policy: &Policy, plan: &Plan, machine_known: bool, model_size: Opt
         );
         let name_width = device.rules.iter().map(|r| r.name.as_deref().unwrap_or("-").chars().count()).max().unwrap_or(0).max(4);
         let when_width = device.rules.iter().map(|r| r.condition().chars().count()).max().unwrap_or(0).max(4);
-        let _ = writeln!(out, "  {:<3} {:<name_width$}  {:<when_width$}  {}", "#", "name", "when", "tiers");
+        let _ = writeln!(out, "  {:<3} {:<name_width$}  {:<when_width$}  tiers", "#", "name", "when");
         for (number, rule) in device.rules.iter().enumerate() {
             let tiers: Vec<String> = rule.tiers.iter().map(Tier::to_string).collect();
             let _ = writeln!(

@@ -70,7 +70,7 @@ fn context_handle(device: usize) -> CUcontext {
 
 fn context_device(context: CUcontext) -> Result<usize, CUresult> {
     let value = (context as usize).wrapping_sub(0xC000_0000);
-    if value % 0x1000 == 0 && value / 0x1000 < config().devices.len() {
+    if value.is_multiple_of(0x1000) && value / 0x1000 < config().devices.len() {
         Ok(value / 0x1000)
     } else {
         Err(result::INVALID_CONTEXT)

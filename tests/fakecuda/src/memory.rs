@@ -165,7 +165,7 @@ pub fn mapping_containing(address: u64) -> Option<(u64, Mapping)> {
 
 /// `cuMemAddressReserve`: an inaccessible range, aligned as asked.
 pub fn reserve(size: u64, alignment: u64, hint: u64) -> Result<u64, CUresult> {
-    if size == 0 || size % GRANULARITY != 0 {
+    if size == 0 || !size.is_multiple_of(GRANULARITY) {
         return Err(result::INVALID_VALUE);
     }
     let alignment = alignment.max(GRANULARITY);
@@ -220,7 +220,7 @@ pub fn release_reservation(address: u64, size: u64) -> Result<(), CUresult> {
 
 /// `cuMemCreate`: physical memory at `place`, backed by a memfd.
 pub fn create(size: u64, place: Place) -> Result<u64, CUresult> {
-    if size == 0 || size % GRANULARITY != 0 {
+    if size == 0 || !size.is_multiple_of(GRANULARITY) {
         return Err(result::INVALID_VALUE);
     }
     let mut state = state().lock().unwrap();
@@ -242,13 +242,12 @@ pub fn create(size: u64, place: Place) -> Result<u64, CUresult> {
 
 fn destroy_if_unused(state: &mut State, handle: u64) {
     let unused = state.handles.get(&handle).is_some_and(|h| h.released && h.mappings == 0);
-    if unused {
-        if let Some(h) = state.handles.remove(&handle) {
+    if unused
+        && let Some(h) = state.handles.remove(&handle) {
             // SAFETY: the descriptor belongs to the handle being destroyed.
             unsafe { libc::close(h.fd) };
             refund(state, h.place, h.size);
         }
-    }
 }
 
 /// `cuMemRelease`: the memory goes once its last mapping is unmapped.
@@ -266,7 +265,7 @@ pub fn release(handle: u64) -> Result<(), CUresult> {
 /// until `cuMemSetAccess`.
 pub fn map(address: u64, size: u64, offset: u64, handle: u64) -> Result<(), CUresult> {
     let mut state = state().lock().unwrap();
-    if size == 0 || address % GRANULARITY != 0 || size % GRANULARITY != 0 || offset % GRANULARITY != 0 {
+    if size == 0 || !address.is_multiple_of(GRANULARITY) || !size.is_multiple_of(GRANULARITY) || !offset.is_multiple_of(GRANULARITY) {
         return Err(result::INVALID_VALUE);
     }
     let inside = state
