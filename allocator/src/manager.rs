@@ -8,7 +8,8 @@
 //!   the rest of the request, so an extent can straddle tiers.
 //! * Smaller requests share slabs: single chunks on one tier, carved first-fit.
 //! * When no tier has room, the request fails with `CUDA_ERROR_OUT_OF_MEMORY` and
-//!   everything taken for it is given back.
+//!   everything taken for it is given back. A tier whose driver fails with another error
+//!   is skipped like a full one and the error counted.
 //! * Freed host chunks return to a pool of pinned memory, which a background thread keeps
 //!   filled to the policy's `pin_ahead` (creating pinned memory is slow).
 
@@ -293,9 +294,11 @@ impl<D: Driver> MemoryManager<D> {
                     return Ok(Chunk { tier, handle });
                 }
                 Err(result::OUT_OF_MEMORY) => full.push(tier),
-                Err(code) => {
+                Err(_) => {
+                    // A tier the driver cannot serve (say, host-located memory on a driver
+                    // without it) is skipped like a full one, and counted.
                     self.counters.errors += 1;
-                    return Err(code);
+                    full.push(tier);
                 }
             }
         }
@@ -599,10 +602,7 @@ impl<D: Driver> MemoryManager<D> {
                     return Ok(handle);
                 }
                 Err(result::OUT_OF_MEMORY) => continue,
-                Err(code) => {
-                    self.counters.errors += 1;
-                    return Err(code);
-                }
+                Err(_) => self.counters.errors += 1,
             }
         }
         self.counters.out_of_memory += 1;

@@ -27,7 +27,7 @@ struct State {
     mappings: BTreeMap<u64, (u64, Handle, bool)>,
     used: HashMap<Location, u64>,
     capacity: HashMap<Location, u64>,
-    fail_creates_at: HashMap<Location, u64>,
+    fail_creates_at: HashMap<Location, CUresult>,
     events: HashMap<EventId, bool>,
     calls: Calls,
 }
@@ -56,9 +56,9 @@ impl MemoryDriver {
         self
     }
 
-    /// Makes every `create` at `location` fail with out-of-memory.
-    pub fn fail_creates(&self, location: Location) {
-        self.state.borrow_mut().fail_creates_at.insert(location, 0);
+    /// Makes every `create` at `location` fail with `code`.
+    pub fn fail_creates(&self, location: Location, code: CUresult) {
+        self.state.borrow_mut().fail_creates_at.insert(location, code);
     }
 
     /// Physical bytes in use at `location`.
@@ -125,8 +125,8 @@ impl Driver for MemoryDriver {
 
     fn create(&self, size: u64, location: Location) -> Result<Handle, CUresult> {
         let mut state = self.state.borrow_mut();
-        if state.fail_creates_at.contains_key(&location) {
-            return Err(result::OUT_OF_MEMORY);
+        if let Some(code) = state.fail_creates_at.get(&location) {
+            return Err(*code);
         }
         let used = state.used.get(&location).copied().unwrap_or(0);
         if state.capacity.get(&location).is_some_and(|c| used + size > *c) {

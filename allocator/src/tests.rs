@@ -75,6 +75,28 @@ fn a_full_card_below_budget_falls_through_to_the_next_tier() {
 }
 
 #[test]
+fn a_tier_the_driver_cannot_serve_is_skipped_and_counted() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    m.driver().fail_creates(Location::Host, result::NOT_SUPPORTED);
+    let a = m.allocate(request(60 * MIB)).unwrap();
+    assert_eq!(m.allocate(request(8 * MIB)), Err(result::OUT_OF_MEMORY));
+    assert_eq!(m.counters().errors, 1);
+    let driver = MemoryDriver::new();
+    let create = |size| {
+        let driver = &driver;
+        move |at| match at {
+            Location::Host => Err(result::NOT_SUPPORTED),
+            at => driver.create(size, at),
+        }
+    };
+    assert_eq!(m.create_for_application(request(8 * MIB), create(8 * MIB)), Err(result::OUT_OF_MEMORY));
+    assert_eq!(m.counters().errors, 2);
+    assert!(m.create_for_application(request(4 * MIB), create(4 * MIB)).is_ok());
+    assert_eq!(driver.used(Location::Device(0)), 4 * MIB);
+    m.free(a).unwrap();
+}
+
+#[test]
 fn rules_choose_tiers_by_size_phase_and_tag() {
     let toml = format!(
         "{LOCAL_THEN_HOST}[[rule]]\nphase = \"load\"\ntiers = [\"host\", \"local\"]\n[[rule]]\ntag = \"scratch\"\ntiers = [\"local\"]\n"
