@@ -326,6 +326,61 @@ fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: Order, device_copy:
     Some(result::SUCCESS)
 }
 
+/// Whether `address` is host memory the CPU may read: pinned, or pageable (unknown to
+/// the driver), and not a vvram allocation.
+fn is_host_memory(address: u64) -> bool {
+    if find(address).is_some() {
+        return false;
+    }
+    let mut kind: c_uint = 0;
+    match real_call!(cuPointerGetAttribute(&mut kind as *mut c_uint as *mut c_void, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, address)) {
+        result::SUCCESS => kind == CU_MEMORYTYPE_HOST,
+        _ => true,
+    }
+}
+
+/// The fast path for unified-address copies (`cuMemcpy`, `cuMemcpyAsync`) from host
+/// memory into vvram memory.
+fn unified_h2d(dst: u64, src: u64, len: usize, order: Order, device_copy: impl Fn(u64, u64, usize) -> CUresult) -> Option<CUresult> {
+    find(dst)?;
+    if !is_host_memory(src) {
+        return None;
+    }
+    fast_h2d(dst, src as *const c_void, len, order, |d, s, n| device_copy(d, s as u64, n))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, len: usize) -> CUresult {
+    guard("cuMemcpy", || {
+        unified_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpy(d, s, n))).unwrap_or_else(|| real_call!(cuMemcpy(dst, src, len)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, len: usize) -> CUresult {
+    guard("cuMemcpy_ptds", || {
+        unified_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpy_ptds(d, s, n)))
+            .unwrap_or_else(|| real_call!(cuMemcpy_ptds(dst, src, len)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, len: usize, stream: CUstream) -> CUresult {
+    guard("cuMemcpyAsync", || {
+        unified_h2d(dst, src, len, Order::Stream(stream), |d, s, n| real_call!(cuMemcpyAsync(d, s, n, stream)))
+            .unwrap_or_else(|| real_call!(cuMemcpyAsync(dst, src, len, stream)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, len: usize, stream: CUstream) -> CUresult {
+    guard("cuMemcpyAsync_ptsz", || {
+        let ordered = per_thread_stream(stream);
+        unified_h2d(dst, src, len, Order::Stream(ordered), |d, s, n| real_call!(cuMemcpyAsync_ptsz(d, s, n, stream)))
+            .unwrap_or_else(|| real_call!(cuMemcpyAsync_ptsz(dst, src, len, stream)))
+    })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, len: usize) -> CUresult {
     guard("cuMemcpyHtoD_v2", || {

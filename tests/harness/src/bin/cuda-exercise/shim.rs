@@ -229,6 +229,15 @@ pub fn h2d(s: &Session) -> Checked {
     ensure(s.read_f32(straddling, n)? == data2, || "the asynchronous copy did not follow the stream's earlier kernel".into())?;
     let fast = control.stats()?["fast_h2d_bytes"].as_u64().unwrap_or(0);
     ensure(fast == 64 * MIB, || format!("{fast} bytes through the CPU path after two copies"))?;
+    // Unified-address copies: from host memory the CPU path, from device memory the driver.
+    let data3 = pattern(n, 13);
+    cu!(s.cuda, cuMemcpy(straddling, data3.as_ptr() as u64, n * 4))?;
+    ensure(s.read_f32(straddling, n)? == data3, || "cuMemcpy from host memory reads back wrong".into())?;
+    cu!(s.cuda, cuMemcpyAsync(filler, straddling, n * 4, stream))?;
+    cu!(s.cuda, cuStreamSynchronize(stream))?;
+    ensure(s.read_f32(filler, n)? == data3, || "cuMemcpyAsync between device allocations reads back wrong".into())?;
+    let fast = control.stats()?["fast_h2d_bytes"].as_u64().unwrap_or(0);
+    ensure(fast == 96 * MIB, || format!("{fast} bytes through the CPU path after the unified copies, expected 96 MiB"))?;
     cu!(s.cuda, cuStreamDestroy_v2(stream))?;
     for p in [filler, straddling] {
         cu!(s.cuda, cuMemFree_v2(p))?;
