@@ -1,6 +1,7 @@
 """The ComfyUI package: imports anywhere, says how to start vvram when it is not loaded,
 and, with the shim preloaded, each node changes the shim's policy."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -74,3 +75,15 @@ def test_each_node_changes_the_shim_policy(shim_environment):
     assert stats["passthrough"] == "latent"
     assert "local" in stats["table"] and "host" in stats["table"]
     assert stats["chart_shape"][0] == 1 and stats["chart_shape"][-1] == 3
+
+
+def test_the_current_node_api_is_used_where_comfyui_has_it():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).with_name("stub_comfy_api")), str(PACKAGE.parent)]))
+    script = pathlib.Path(__file__).with_name("v3_session.py")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == {"VvramPolicyPreset", "VvramPolicyToml", "VvramAllocation", "VvramPhase", "VvramStats"}
+    for node_id, node in report.items():
+        assert node["outputs"] == node["args"] and node["first"] == "through", node_id
+    assert report["VvramStats"]["ui"] and report["VvramStats"]["display"] == "vvram Stats"
