@@ -14,7 +14,7 @@ GIB = 1 << 30
 torch.cuda.init()
 torch.empty(1, device="cuda")
 assert vvram_shim.available(), vvram_shim.NOT_LOADED
-_, status = nodes.PolicyPreset().apply("FLUX", "12 GB")
+_, status = nodes.PolicyPreset().apply(family="FLUX", card="12 GB")
 print(status)
 stats = vvram_shim.stats()
 tiers = {t["tier"]: t for t in stats["devices"][0]["tiers"]}

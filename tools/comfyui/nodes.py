@@ -35,7 +35,20 @@ def _apply(action):
     return action()
 
 
-class PolicyPreset:
+class _SettingNode:
+    """Base of the nodes that change a setting of the shim: passthrough in, passthrough and
+    a status line out. Subclasses declare INPUT_TYPES and `install(**inputs) -> status`."""
+
+    RETURN_TYPES = (ANY, "STRING")
+    RETURN_NAMES = ("passthrough", "status")
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    def apply(self, passthrough=None, **inputs):
+        return (passthrough, _apply(lambda: self.install(**inputs)))
+
+
+class PolicyPreset(_SettingNode):
     """vvram Policy (preset): a tested policy for a model family and card size."""
 
     @classmethod
@@ -45,45 +58,26 @@ class PolicyPreset:
             "optional": dict(PASSTHROUGH),
         }
 
-    RETURN_TYPES = (ANY, "STRING")
-    RETURN_NAMES = ("passthrough", "status")
-    FUNCTION = "apply"
-    CATEGORY = CATEGORY
-
-    def apply(self, family, card, passthrough=None):
-        text = preset_text(family, card)
-
-        def install():
-            vvram_shim.set_policy_toml(text)
-            return f"vvram policy: {family} on a {card} card"
-
-        return (passthrough, _apply(install))
+    def install(self, family, card):
+        vvram_shim.set_policy_toml(preset_text(family, card))
+        return f"vvram policy: {family} on a {card} card"
 
 
-class PolicyToml:
+class PolicyToml(_SettingNode):
     """vvram Policy (TOML): any policy, validated by the shim."""
+
+    DEFAULT = '[[device]]\nindex = 0\nlocal_budget = "20GiB"\ndonors = [{ tier = "host", capacity = "32GiB" }]\n'
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {"toml": ("STRING", {"multiline": True, "default": '[[device]]\nindex = 0\nlocal_budget = "20GiB"\ndonors = [{ tier = "host", capacity = "32GiB" }]\n'})},
-            "optional": dict(PASSTHROUGH),
-        }
+        return {"required": {"toml": ("STRING", {"multiline": True, "default": cls.DEFAULT})}, "optional": dict(PASSTHROUGH)}
 
-    RETURN_TYPES = (ANY, "STRING")
-    RETURN_NAMES = ("passthrough", "status")
-    FUNCTION = "apply"
-    CATEGORY = CATEGORY
-
-    def apply(self, toml, passthrough=None):
-        def install():
-            vvram_shim.set_policy_toml(toml)
-            return "vvram policy: set from TOML"
-
-        return (passthrough, _apply(install))
+    def install(self, toml):
+        vvram_shim.set_policy_toml(toml)
+        return "vvram policy: set from TOML"
 
 
-class Allocation:
+class Allocation(_SettingNode):
     """vvram Allocation: a DisTorch2 allocation string, as in ComfyUI-MultiGPU."""
 
     @classmethod
@@ -96,37 +90,21 @@ class Allocation:
             "optional": dict(PASSTHROUGH),
         }
 
-    RETURN_TYPES = (ANY, "STRING")
-    RETURN_NAMES = ("passthrough", "status")
-    FUNCTION = "apply"
-    CATEGORY = CATEGORY
-
-    def apply(self, allocation, compute_device, passthrough=None):
-        def install():
-            vvram_shim.set_alloc(allocation, compute_device)
-            return f"vvram allocation: {allocation} (compute device cuda:{compute_device})"
-
-        return (passthrough, _apply(install))
+    def install(self, allocation, compute_device):
+        vvram_shim.set_alloc(allocation, compute_device)
+        return f"vvram allocation: {allocation} (compute device cuda:{compute_device})"
 
 
-class Phase:
+class Phase(_SettingNode):
     """vvram Phase: the phase name placement rules match on (empty clears it)."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"phase": ("STRING", {"default": "load"})}, "optional": dict(PASSTHROUGH)}
 
-    RETURN_TYPES = (ANY, "STRING")
-    RETURN_NAMES = ("passthrough", "status")
-    FUNCTION = "apply"
-    CATEGORY = CATEGORY
-
-    def apply(self, phase, passthrough=None):
-        def install():
-            vvram_shim.set_phase(phase.strip())
-            return f"vvram phase: {phase.strip() or 'none'}"
-
-        return (passthrough, _apply(install))
+    def install(self, phase):
+        vvram_shim.set_phase(phase.strip())
+        return f"vvram phase: {phase.strip() or 'none'}"
 
 
 def _size(n):

@@ -12,73 +12,37 @@ def _outputs(*extra):
     return [io.AnyType.Output("passthrough_out", display_name="passthrough"), *extra]
 
 
-class VvramPolicyPreset(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="VvramPolicyPreset",
-            display_name="vvram Policy (preset)",
-            category=nodes.CATEGORY,
-            description=nodes.PolicyPreset.__doc__,
-            inputs=[io.Combo.Input("family", options=list(FAMILIES)), io.Combo.Input("card", options=CARDS, default="24 GB"), PASSTHROUGH_IN],
-            outputs=_outputs(io.String.Output("status")),
-        )
+def _setting_node(node_id, v1_class, inputs):
+    """A V3 node whose work is `v1_class().apply` (a nodes._SettingNode)."""
 
-    @classmethod
-    def execute(cls, family, card, passthrough=None):
-        return io.NodeOutput(*nodes.PolicyPreset().apply(family, card, passthrough))
+    class Node(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(
+                node_id=node_id,
+                display_name=nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id],
+                category=nodes.CATEGORY,
+                description=v1_class.__doc__,
+                inputs=[*inputs, PASSTHROUGH_IN],
+                outputs=_outputs(io.String.Output("status")),
+            )
 
+        @classmethod
+        def execute(cls, **inputs):
+            return io.NodeOutput(*v1_class().apply(**inputs))
 
-class VvramPolicyToml(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        default = nodes.PolicyToml.INPUT_TYPES()["required"]["toml"][1]["default"]
-        return io.Schema(
-            node_id="VvramPolicyToml",
-            display_name="vvram Policy (TOML)",
-            category=nodes.CATEGORY,
-            description=nodes.PolicyToml.__doc__,
-            inputs=[io.String.Input("toml", multiline=True, default=default), PASSTHROUGH_IN],
-            outputs=_outputs(io.String.Output("status")),
-        )
-
-    @classmethod
-    def execute(cls, toml, passthrough=None):
-        return io.NodeOutput(*nodes.PolicyToml().apply(toml, passthrough))
+    Node.__name__ = Node.__qualname__ = node_id
+    return Node
 
 
-class VvramAllocation(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="VvramAllocation",
-            display_name="vvram Allocation",
-            category=nodes.CATEGORY,
-            description=nodes.Allocation.__doc__,
-            inputs=[io.String.Input("allocation", default="cuda:0,20gb;cpu,*"), io.Int.Input("compute_device", default=0, min=0, max=63), PASSTHROUGH_IN],
-            outputs=_outputs(io.String.Output("status")),
-        )
-
-    @classmethod
-    def execute(cls, allocation, compute_device, passthrough=None):
-        return io.NodeOutput(*nodes.Allocation().apply(allocation, compute_device, passthrough))
-
-
-class VvramPhase(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="VvramPhase",
-            display_name="vvram Phase",
-            category=nodes.CATEGORY,
-            description=nodes.Phase.__doc__,
-            inputs=[io.String.Input("phase", default="load"), PASSTHROUGH_IN],
-            outputs=_outputs(io.String.Output("status")),
-        )
-
-    @classmethod
-    def execute(cls, phase, passthrough=None):
-        return io.NodeOutput(*nodes.Phase().apply(phase, passthrough))
+VvramPolicyPreset = _setting_node(
+    "VvramPolicyPreset", nodes.PolicyPreset, [io.Combo.Input("family", options=list(FAMILIES)), io.Combo.Input("card", options=CARDS, default="24 GB")]
+)
+VvramPolicyToml = _setting_node("VvramPolicyToml", nodes.PolicyToml, [io.String.Input("toml", multiline=True, default=nodes.PolicyToml.DEFAULT)])
+VvramAllocation = _setting_node(
+    "VvramAllocation", nodes.Allocation, [io.String.Input("allocation", default="cuda:0,20gb;cpu,*"), io.Int.Input("compute_device", default=0, min=0, max=63)]
+)
+VvramPhase = _setting_node("VvramPhase", nodes.Phase, [io.String.Input("phase", default="load")])
 
 
 class VvramStats(io.ComfyNode):

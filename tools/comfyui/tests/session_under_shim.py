@@ -28,27 +28,27 @@ def main():
     cuda = init_cuda()
     print(json.dumps({"step": "loaded", "available": vvram_shim.available(), "version": vvram_shim.version()}), flush=True)
 
-    passthrough, status = nodes.PolicyPreset().apply("SDXL", "24 GB", passthrough="unet.safetensors")
+    passthrough, status = nodes.PolicyPreset().apply(family="SDXL", card="24 GB", passthrough="unet.safetensors")
     report("preset", passthrough=passthrough, status=status)
 
-    nodes.PolicyToml().apply('[[device]]\nindex = 0\nlocal_budget = "3GiB"\ndonors = [{ tier = "host", capacity = "5GiB" }]\n[[rule]]\nphase = "load"\ntiers = ["host", "local"]\n')
+    nodes.PolicyToml().apply(toml='[[device]]\nindex = 0\nlocal_budget = "3GiB"\ndonors = [{ tier = "host", capacity = "5GiB" }]\n[[rule]]\nphase = "load"\ntiers = ["host", "local"]\n')
     report("toml")
 
     try:
-        nodes.PolicyToml().apply('[[device]]\nindex = 0\nlocal_budgt = "3GiB"\n')
+        nodes.PolicyToml().apply(toml='[[device]]\nindex = 0\nlocal_budgt = "3GiB"\n')
         report("invalid-toml", error=None)
     except vvram_shim.PolicyError as e:
         report("invalid-toml", error=str(e))
 
-    nodes.Phase().apply("load")
+    nodes.Phase().apply(phase="load")
     pointer = ctypes.c_uint64()
     assert cuda.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(64 << 20)) == 0
     report("phase-load")
-    nodes.Phase().apply("")
+    nodes.Phase().apply(phase="")
     assert cuda.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(32 << 20)) == 0
     report("phase-cleared")
 
-    nodes.Allocation().apply("cuda:0,2gb;cpu,1gb", 0)
+    nodes.Allocation().apply(allocation="cuda:0,2gb;cpu,1gb", compute_device=0)
     report("allocation")
 
     shown = nodes.Stats().show("latent")

@@ -19,11 +19,11 @@ def test_imports_without_comfyui_and_without_the_shim():
     from comfyui import nodes, vvram_shim
 
     assert not vvram_shim.available()
-    passthrough, status = nodes.PolicyPreset().apply("FLUX", "24 GB", passthrough="model.safetensors")
+    passthrough, status = nodes.PolicyPreset().apply(family="FLUX", card="24 GB", passthrough="model.safetensors")
     assert passthrough == "model.safetensors"
     assert "vvram run --policy" in status and "--disable-dynamic-vram" in status
-    for node, args in [(nodes.PolicyToml(), ("x = 1",)), (nodes.Allocation(), ("cuda:0,2gb", 0)), (nodes.Phase(), ("load",))]:
-        assert node.apply(*args, passthrough=7) == (7, vvram_shim.NOT_LOADED)
+    for node, inputs in [(nodes.PolicyToml(), {"toml": "x = 1"}), (nodes.Allocation(), {"allocation": "cuda:0,2gb", "compute_device": 0}), (nodes.Phase(), {"phase": "load"})]:
+        assert node.apply(passthrough=7, **inputs) == (7, vvram_shim.NOT_LOADED)
     shown = nodes.Stats().show(passthrough=None)
     assert shown["result"][1] == vvram_shim.NOT_LOADED
     assert shown["result"][2].shape[0] == 1 and shown["result"][2].shape[-1] == 3
