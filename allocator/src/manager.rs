@@ -268,41 +268,55 @@ impl<D: Driver> MemoryManager<D> {
         }
     }
 
-    /// Takes one chunk on the first tier of `order` with room, skipping tiers in `full`.
-    fn acquire_chunk(&mut self, space: usize, order: &[Tier], full: &mut Vec<Tier>) -> Result<Chunk, CUresult> {
+    /// Takes `size` bytes of physical memory on the first tier of `order` with room,
+    /// skipping the tiers in `full` and adding those it finds full. A tier whose driver
+    /// fails with another error (say, host-located memory on a driver without it) is
+    /// skipped the same way, and counted. `create` makes the application's own memory at
+    /// a location; without it vvram's chunks come from the driver, host ones from the
+    /// pinned pool first.
+    fn take_physical(
+        &mut self,
+        space: usize,
+        order: &[Tier],
+        size: u64,
+        full: &mut Vec<Tier>,
+        mut create: Option<&mut dyn FnMut(Location) -> Result<Handle, CUresult>>,
+    ) -> Result<(Tier, Handle), CUresult> {
         let device = self.spaces[space].device;
         for &tier in order {
             if full.contains(&tier) {
                 continue;
             }
             let used = self.spaces[space].used.get(&tier).copied().unwrap_or(0);
-            if used + CHUNK > self.capacity(device, tier) {
+            if used + size > self.capacity(device, tier) {
                 full.push(tier);
                 continue;
             }
-            let physical = match (tier, self.pool.pop()) {
-                (Tier::Host, Some(handle)) => Ok(handle),
-                (Tier::Host, None) => self.driver.create(CHUNK, Location::Host),
-                (tier, pooled) => {
-                    self.pool.extend(pooled);
-                    self.driver.create(CHUNK, Self::location(device, tier))
-                }
+            let location = Self::location(device, tier);
+            let pooled = if create.is_none() && tier == Tier::Host { self.pool.pop() } else { None };
+            let physical = match (pooled, create.as_mut()) {
+                (Some(handle), _) => Ok(handle),
+                (None, Some(create)) => create(location),
+                (None, None) => self.driver.create(size, location),
             };
             match physical {
                 Ok(handle) => {
-                    *self.spaces[space].used.entry(tier).or_default() += CHUNK;
-                    return Ok(Chunk { tier, handle });
+                    *self.spaces[space].used.entry(tier).or_default() += size;
+                    return Ok((tier, handle));
                 }
                 Err(result::OUT_OF_MEMORY) => full.push(tier),
                 Err(_) => {
-                    // A tier the driver cannot serve (say, host-located memory on a driver
-                    // without it) is skipped like a full one, and counted.
                     self.counters.errors += 1;
                     full.push(tier);
                 }
             }
         }
         Err(result::OUT_OF_MEMORY)
+    }
+
+    /// Takes one chunk on the first tier of `order` with room (see [`Self::take_physical`]).
+    fn acquire_chunk(&mut self, space: usize, order: &[Tier], full: &mut Vec<Tier>) -> Result<Chunk, CUresult> {
+        self.take_physical(space, order, CHUNK, full, None).map(|(tier, handle)| Chunk { tier, handle })
     }
 
     fn return_chunk(&mut self, space: usize, chunk: Chunk) {
@@ -589,24 +603,17 @@ impl<D: Driver> MemoryManager<D> {
         let plan = self.plan.device(request.device).ok_or(result::INVALID_VALUE)?;
         let order = plan.placement(request.size, request.phase, request.tag);
         let space = self.space_index(request.device)?;
-        for tier in order {
-            let used = self.spaces[space].used.get(&tier).copied().unwrap_or(0);
-            if used + request.size > self.capacity(request.device, tier) {
-                continue;
+        match self.take_physical(space, &order, request.size, &mut Vec::new(), Some(&mut create)) {
+            Ok((tier, handle)) => {
+                self.app_handles.insert(handle, AppHandle { device: request.device, tier, size: request.size });
+                self.counters.allocations += 1;
+                Ok(handle)
             }
-            match create(Self::location(request.device, tier)) {
-                Ok(handle) => {
-                    *self.spaces[space].used.entry(tier).or_default() += request.size;
-                    self.app_handles.insert(handle, AppHandle { device: request.device, tier, size: request.size });
-                    self.counters.allocations += 1;
-                    return Ok(handle);
-                }
-                Err(result::OUT_OF_MEMORY) => continue,
-                Err(_) => self.counters.errors += 1,
+            Err(code) => {
+                self.counters.out_of_memory += 1;
+                Err(code)
             }
         }
-        self.counters.out_of_memory += 1;
-        Err(result::OUT_OF_MEMORY)
     }
 
     /// Forgets a handle made by [`Self::create_for_application`]; false when it is not one.
