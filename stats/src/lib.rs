@@ -72,6 +72,27 @@ impl Snapshot {
     }
 }
 
+/// The C signature of `vvram_stats_json`.
+pub type StatsJsonFn = unsafe extern "C" fn(*mut std::ffi::c_char, usize) -> usize;
+
+/// The JSON text `vvram_stats_json` writes, retried with a larger buffer until it fits
+/// (the snapshot can grow between calls).
+///
+/// # Safety
+/// `stats_json` must be libvvram.so's `vvram_stats_json`.
+pub unsafe fn control_api_json(stats_json: StatsJsonFn) -> Vec<u8> {
+    let mut buffer = vec![0u8; 8192];
+    loop {
+        // SAFETY: the documented signature; the buffer is ours and `len` bytes long.
+        let needed = unsafe { stats_json(buffer.as_mut_ptr() as *mut std::ffi::c_char, buffer.len()) };
+        if needed <= buffer.len() {
+            buffer.truncate(needed.saturating_sub(1));
+            return buffer;
+        }
+        buffer.resize(needed * 2, 0);
+    }
+}
+
 const MAGIC: u64 = u64::from_le_bytes(*b"VVRAMST1");
 const HEADER: usize = 32;
 /// Size of the region: the header and at most this much JSON.

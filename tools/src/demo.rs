@@ -4,13 +4,13 @@
 use crate::run::shim_library;
 use clap::Args;
 use std::collections::BTreeMap;
-use std::ffi::{CString, c_char, c_uint, c_void};
+use std::ffi::{CString, c_uint, c_void};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 use vvram_cuda::{CUfunction, Driver, kernels};
 use vvram_policy::size::format_size;
-use vvram_stats::Snapshot;
+use vvram_stats::{Snapshot, StatsJsonFn, control_api_json};
 
 /// Run the demo: allocate about 4x a small local budget under libvvram.so, compute on it,
 /// check every result, and show where each byte lived and how fast it moved.
@@ -90,7 +90,7 @@ fn prepare(args: &DemoArgs) -> Result<Command, String> {
 struct Workload {
     driver: Driver,
     functions: BTreeMap<&'static str, CUfunction>,
-    stats: unsafe extern "C" fn(*mut c_char, usize) -> usize,
+    stats: StatsJsonFn,
 }
 
 macro_rules! cu {
@@ -124,16 +124,9 @@ impl Workload {
     }
 
     fn snapshot(&self) -> Result<Snapshot, String> {
-        let mut buffer = vec![0u8; 8192];
-        loop {
-            // SAFETY: the documented signature; the buffer is ours.
-            let needed = unsafe { (self.stats)(buffer.as_mut_ptr() as *mut c_char, buffer.len()) };
-            if needed <= buffer.len() {
-                buffer.truncate(needed - 1);
-                return serde_json::from_slice(&buffer).map_err(|e| format!("vvram_stats_json: {e}"));
-            }
-            buffer.resize(needed * 2, 0);
-        }
+        // SAFETY: `stats` is the preloaded libvvram.so's vvram_stats_json.
+        let json = unsafe { control_api_json(self.stats) };
+        serde_json::from_slice(&json).map_err(|e| format!("vvram_stats_json: {e}"))
     }
 
     fn tier_bytes(&self) -> Result<BTreeMap<String, u64>, String> {

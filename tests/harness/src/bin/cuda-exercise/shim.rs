@@ -10,7 +10,7 @@ const MIB: u64 = 1 << 20;
 
 /// The control API, found in the process as the ComfyUI node finds it.
 struct Control {
-    stats_json: unsafe extern "C" fn(*mut c_char, usize) -> usize,
+    stats_json: vvram_stats::StatsJsonFn,
     set_policy_toml: unsafe extern "C" fn(*const c_char, *mut c_char, usize) -> c_int,
     set_phase: unsafe extern "C" fn(*const c_char) -> c_int,
     version: unsafe extern "C" fn() -> *const c_char,
@@ -39,15 +39,9 @@ impl Control {
     }
 
     fn stats(&self) -> Checked<serde_json::Value> {
-        let mut buffer = vec![0u8; 4096];
-        loop {
-            let needed = unsafe { (self.stats_json)(buffer.as_mut_ptr() as *mut c_char, buffer.len()) };
-            if needed <= buffer.len() {
-                buffer.truncate(needed - 1);
-                return serde_json::from_slice(&buffer).map_err(|e| Failure(format!("stats are not JSON: {e}")));
-            }
-            buffer.resize(needed * 2, 0);
-        }
+        // SAFETY: found as the preloaded libvvram.so's vvram_stats_json.
+        let json = unsafe { vvram_stats::control_api_json(self.stats_json) };
+        serde_json::from_slice(&json).map_err(|e| Failure(format!("stats are not JSON: {e}")))
     }
 
     /// A field (`used` or `capacity`) of one tier of device 0.
