@@ -5,7 +5,7 @@ use crate::ops::RealOps;
 use crate::real_call;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use vvram_allocator::MemoryManager;
 use vvram_cuda::{CUdevice, result};
@@ -211,17 +211,17 @@ fn start_background() {
 /// Warns once when ComfyUI's Dynamic VRAM (comfy-aimdo) is loaded in the process: it
 /// patches libcuda's allocation functions itself and the two managers would fight.
 pub fn check_for_aimdo() {
-    static LAST_CHECK: Mutex<Option<Instant>> = Mutex::new(None);
+    // Lock-free: this runs on every allocation. At most one scan per second, by one thread.
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    static NEXT_CHECK_MS: AtomicU64 = AtomicU64::new(0);
     static WARNED: AtomicBool = AtomicBool::new(false);
     if WARNED.load(Ordering::Relaxed) {
         return;
     }
-    {
-        let mut last = LAST_CHECK.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return;
-        }
-        *last = Some(Instant::now());
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    let due = NEXT_CHECK_MS.load(Ordering::Relaxed);
+    if now < due || NEXT_CHECK_MS.compare_exchange(due, now + 1000, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return;
     }
     if loaded_object_named("aimdo") && !WARNED.swap(true, Ordering::Relaxed) {
         eprintln!(
