@@ -181,10 +181,13 @@ pub unsafe extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     guard("cuMemGetInfo_v2", || {
         check_for_aimdo();
+        if free.is_null() || total.is_null() {
+            return real_call!(cuMemGetInfo_v2(free, total));
+        }
         let (mut physical_free, mut physical_total) = (0usize, 0usize);
         let code = real_call!(cuMemGetInfo_v2(&mut physical_free, &mut physical_total));
-        if code != result::SUCCESS || free.is_null() || total.is_null() {
-            return real_call!(cuMemGetInfo_v2(free, total));
+        if code != result::SUCCESS {
+            return code;
         }
         let virtual_info = current_device().and_then(|device| {
             state().manager().and_then(|m| m.memory_info(device, physical_free as u64, physical_total as u64))
