@@ -249,15 +249,6 @@ impl Machine {
         let host = crate::size::parse_size(host).map_err(|e| format!("--host `{host}`: {e}"))?;
         Ok(Machine { devices: sizes, host })
     }
-
-    /// Physical total of a tier as seen from compute device `device`.
-    pub fn tier_total(&self, device: u32, tier: Tier) -> Option<u64> {
-        match tier {
-            Tier::Local => self.devices.get(device as usize).copied(),
-            Tier::Peer(n) => self.devices.get(n as usize).copied(),
-            Tier::Host => Some(self.host),
-        }
-    }
 }
 
 /// A parsed and validated policy.
