@@ -1,0 +1,177 @@
+//! Initialisation, devices and contexts.
+
+use super::*;
+
+thread_local! {
+    /// The current context: device index + 1, or 0 for none.
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+pub(crate) fn device_index(device: CUdevice) -> Result<usize, CUresult> {
+    usize::try_from(device).ok().filter(|d| *d < config().devices.len()).ok_or(result::INVALID_DEVICE)
+}
+
+pub(crate) fn context_handle(device: usize) -> CUcontext {
+    (0xC000_0000usize + device * 0x1000) as CUcontext
+}
+
+pub(crate) fn context_device(context: CUcontext) -> Result<usize, CUresult> {
+    let value = (context as usize).wrapping_sub(0xC000_0000);
+    if value.is_multiple_of(0x1000) && value / 0x1000 < config().devices.len() {
+        Ok(value / 0x1000)
+    } else {
+        Err(result::INVALID_CONTEXT)
+    }
+}
+
+pub(crate) fn current_device() -> Result<usize, CUresult> {
+    match CURRENT.with(Cell::get) {
+        0 => Err(result::INVALID_CONTEXT),
+        n => Ok(n - 1),
+    }
+}
+
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
+    entry("cuInit", false, || {
+        if flags != 0 {
+            return Err(result::INVALID_VALUE);
+        }
+        if config().devices.is_empty() {
+            return Err(result::NO_DEVICE);
+        }
+        INITIALIZED.store(true, Ordering::Release);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDriverGetVersion(version: *mut c_int) -> CUresult {
+    entry("cuDriverGetVersion", false, || unsafe { out(version, 13000) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> CUresult {
+    entry("cuDeviceGet", true, || unsafe { out(device, device_index(ordinal)? as CUdevice) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
+    entry("cuDeviceGetCount", true, || unsafe { out(count, config().devices.len() as c_int) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, device: CUdevice) -> CUresult {
+    entry("cuDeviceGetName", true, || {
+        device_index(device)?;
+        write_c_string(name, len, &config().name)
+    })
+}
+
+fn write_c_string(target: *mut c_char, len: c_int, text: &str) -> Outcome {
+    if target.is_null() || len <= 0 {
+        return Err(result::INVALID_VALUE);
+    }
+    let bytes = text.as_bytes();
+    let n = bytes.len().min(len as usize - 1);
+    // SAFETY: the caller gave a buffer of `len` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), target as *mut u8, n);
+        *target.add(n) = 0;
+    }
+    Ok(())
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, device: CUdevice) -> CUresult {
+    entry("cuDeviceTotalMem_v2", true, || unsafe { out(bytes, config().devices[device_index(device)?] as usize) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceGetAttribute(value: *mut c_int, attribute: c_int, device: CUdevice) -> CUresult {
+    entry("cuDeviceGetAttribute", true, || {
+        let device = device_index(device)?;
+        let v = match attribute {
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR => 9,
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR => 0,
+            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT => 132,
+            CU_DEVICE_ATTRIBUTE_PCI_BUS_ID => 0x18 + device as c_int,
+            CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID | CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID => 0,
+            CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING | CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED => 1,
+            _ => 0,
+        };
+        unsafe { out(value, v) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceGetPCIBusId(bus_id: *mut c_char, len: c_int, device: CUdevice) -> CUresult {
+    entry("cuDeviceGetPCIBusId", true, || {
+        let device = device_index(device)?;
+        write_c_string(bus_id, len, &format!("00000000:{:02X}:00.0", 0x18 + device))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceCanAccessPeer(can: *mut c_int, device: CUdevice, peer: CUdevice) -> CUresult {
+    entry("cuDeviceCanAccessPeer", true, || {
+        let (a, b) = (device_index(device)?, device_index(peer)?);
+        unsafe { out(can, config().peers[a][b] as c_int) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(context: *mut CUcontext, device: CUdevice) -> CUresult {
+    entry("cuDevicePrimaryCtxRetain", true, || unsafe { out(context, context_handle(device_index(device)?)) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(device: CUdevice) -> CUresult {
+    entry("cuDevicePrimaryCtxRelease_v2", true, || device_index(device).map(|_| ()))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxSetCurrent(context: CUcontext) -> CUresult {
+    entry("cuCtxSetCurrent", true, || {
+        let value = if context.is_null() { 0 } else { context_device(context)? + 1 };
+        CURRENT.with(|c| c.set(value));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxGetCurrent(context: *mut CUcontext) -> CUresult {
+    entry("cuCtxGetCurrent", true, || {
+        let handle = current_device().map_or(std::ptr::null_mut(), context_handle);
+        unsafe { out(context, handle) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxGetDevice(device: *mut CUdevice) -> CUresult {
+    entry("cuCtxGetDevice", true, || unsafe { out(device, current_device()? as CUdevice) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
+    entry("cuCtxSynchronize", true, || {
+        current_device()?;
+        stream::synchronize_all();
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxEnablePeerAccess(peer: CUcontext, flags: c_uint) -> CUresult {
+    entry("cuCtxEnablePeerAccess", true, || {
+        let (me, other) = (current_device()?, context_device(peer)?);
+        if flags != 0 {
+            return Err(result::INVALID_VALUE);
+        }
+        if !config().peers[me][other] {
+            return Err(result::PEER_ACCESS_UNSUPPORTED);
+        }
+        Ok(())
+    })
+}
