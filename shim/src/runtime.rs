@@ -150,7 +150,7 @@ impl State {
 /// How often the background thread publishes statistics.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
-/// The shared-memory statistics region, removed at exit.
+/// The shared-memory statistics region, removed at exit and on a terminating signal.
 static REGION: Mutex<Option<Region>> = Mutex::new(None);
 
 extern "C" fn remove_region() {
@@ -166,6 +166,9 @@ fn start_background() {
     }
     match Region::create() {
         Ok(region) => {
+            if let Err(e) = region.remove_on_termination_signals() {
+                tracing::warn!(error = %e, "cannot arm removal of the statistics region on SIGTERM/SIGINT/SIGHUP");
+            }
             *REGION.lock().unwrap_or_else(|p| p.into_inner()) = Some(region);
             // SAFETY: registering a plain function.
             unsafe { libc::atexit(remove_region) };

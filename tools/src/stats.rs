@@ -4,7 +4,7 @@ use clap::Args;
 use std::process::ExitCode;
 use std::time::Duration;
 use vvram_policy::size::format_size;
-use vvram_stats::{ReadError, Snapshot, read};
+use vvram_stats::{ReadError, Snapshot, read, remove_stale_regions};
 
 /// Show where a running process's memory lives, read from its shared-memory region
 /// without stopping it.
@@ -26,14 +26,20 @@ fn bar(used: u64, capacity: u64) -> String {
     format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
 }
 
-/// The snapshot as a table.
+/// Text from the region as it may be printed: control characters (terminal escape
+/// sequences among them) are shown escaped, never sent to the terminal.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// The snapshot as a table. Every string from the region is shown escaped.
 pub fn render(s: &Snapshot) -> String {
     let mut out = format!(
         "vvram {} in process {} — policy {}, phase {}{}\n",
-        s.version,
+        printable(&s.version),
         s.pid,
-        s.policy.as_deref().unwrap_or("none"),
-        s.phase.as_deref().unwrap_or("none"),
+        printable(s.policy.as_deref().unwrap_or("none")),
+        printable(s.phase.as_deref().unwrap_or("none")),
         if s.active { "" } else { " (not active yet)" }
     );
     for device in &s.devices {
@@ -42,7 +48,7 @@ pub fn render(s: &Snapshot) -> String {
         for tier in &device.tiers {
             out += &format!(
                 "  {:<8} {:>12} {:>12} {:>6.1}% {}\n",
-                tier.tier,
+                printable(&tier.tier),
                 format_size(tier.used),
                 format_size(tier.capacity),
                 if tier.capacity == 0 { 0.0 } else { tier.used as f64 * 100.0 / tier.capacity as f64 },
@@ -63,8 +69,10 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
-/// Runs `vvram stats`.
+/// Runs `vvram stats`. Regions left behind by processes that are gone (ended by
+/// SIGKILL, say) are removed first.
 pub fn run(args: &StatsArgs) -> ExitCode {
+    remove_stale_regions();
     let fail = |e: ReadError| {
         eprintln!("vvram stats: {e}");
         ExitCode::from(1)
@@ -96,5 +104,35 @@ pub fn run(args: &StatsArgs) -> ExitCode {
             Err(e) => return fail(e),
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vvram_stats::{DeviceSnapshot, TierSnapshot};
+
+    #[test]
+    fn escape_sequences_from_the_region_never_reach_the_terminal() {
+        let evil = "\x1b]0;owned\x07\x1b[2J\r\n";
+        let snapshot = Snapshot {
+            version: evil.into(),
+            pid: 1,
+            policy: Some(evil.into()),
+            active: true,
+            phase: Some(evil.into()),
+            tag: Some(evil.into()),
+            devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: evil.into(), used: 0, capacity: 1 }] }],
+            host_pool_bytes: 0,
+            allocations: 0,
+            frees: 0,
+            out_of_memory: 0,
+            fast_h2d_bytes: 0,
+            errors: 0,
+        };
+        let table = render(&snapshot);
+        assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+        assert!(table.contains("\\u{1b}[2J"), "{table}");
+        assert_eq!(table.matches('\n').count(), render(&Snapshot { version: "v".into(), policy: Some("p".into()), phase: Some("x".into()), devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: "local".into(), used: 0, capacity: 1 }] }], ..snapshot.clone() }).matches('\n').count());
     }
 }

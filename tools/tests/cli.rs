@@ -150,6 +150,68 @@ fn stats_reads_a_live_process_and_agrees_with_vvram_stats_json() {
     assert_eq!(gone.status.code(), Some(1));
 }
 
+/// Starts the demo workload under the shim, holding its memory until stdin closes, and
+/// waits until its statistics region exists.
+fn held_workload() -> (std::process::Child, String) {
+    let policy = build_dir().join("cli-stats-held.toml");
+    std::fs::write(&policy, "[[device]]\nindex = 0\nlocal_budget = \"256MiB\"\ndonors = [{ tier = \"host\", capacity = \"768MiB\" }]\n").unwrap();
+    let mut child = vvram(&["demo-workload", "--hold"])
+        .env("LD_PRELOAD", shim_library())
+        .env("VVRAM_POLICY", &policy)
+        .env("FAKECUDA_DEVICES", "2GiB")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let region = format!("/dev/shm/vvram.{}", child.id());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines.next().expect("the workload prints its stats").unwrap().starts_with("stats: ") {}
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&region).exists() {
+        assert!(Instant::now() < deadline, "no region {region}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, region)
+}
+
+#[test]
+fn the_stats_region_is_removed_when_sigterm_sigint_or_sighup_ends_the_process() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let (mut child, region) = held_workload();
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(signal));
+        assert!(!std::path::Path::new(&region).exists(), "signal {signal} left {region}");
+    }
+}
+
+#[test]
+fn stats_cleans_up_after_a_killed_process() {
+    let (mut child, region) = held_workload();
+    let pid = child.id().to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(std::path::Path::new(&region).exists(), "SIGKILL cannot be caught: the region stays");
+    let out = vvram(&["stats", &pid]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!std::path::Path::new(&region).exists(), "vvram stats removes a dead process's region");
+}
+
+#[test]
+fn stats_refuses_a_short_region_without_crashing() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let region = format!("/dev/shm/vvram.{}", sleeper.id());
+    std::fs::write(&region, b"VVRAMST2").unwrap();
+    std::fs::set_permissions(&region, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = vvram(&["stats", &sleeper.id().to_string()]).output().unwrap();
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let _ = std::fs::remove_file(&region);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreadable"), "{}", describe(&out));
+}
+
 #[test]
 fn stats_names_processes_it_cannot_read() {
     let out = vvram(&["stats", &std::process::id().to_string()]).output().unwrap();
