@@ -8,6 +8,9 @@
 #![allow(non_camel_case_types, non_snake_case)]
 
 pub mod kernels;
+mod variants;
+
+pub use variants::{VARIANTS, Variant, answered, variant};
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 

@@ -43,9 +43,9 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     entry("cuMemFree_v2", true, || {
-        current_device()?;
-        // cuMemFree synchronises: memory still used by queued work is never unmapped early.
-        stream::synchronize_all();
+        // cuMemFree synchronises the current context, and only that one: work queued in
+        // another context may still use the memory, as on a GPU.
+        stream::synchronize_device(current_device()?);
         memory::free(dptr)
     })
 }

@@ -153,11 +153,32 @@ pub unsafe extern "C" fn cuCtxGetDevice(device: *mut CUdevice) -> CUresult {
     entry("cuCtxGetDevice", true, || unsafe { out(device, current_device()? as CUdevice) })
 }
 
+/// The device of `context`, or of the current context when it is null (the CUDA 13
+/// entry points that take a context).
+fn device_of_context(context: CUcontext) -> Result<usize, CUresult> {
+    if context.is_null() { current_device() } else { context_device(context) }
+}
+
+/// `cuCtxGetDevice_v2` (CUDA 13): the device of a given context.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxGetDevice_v2(device: *mut CUdevice, context: CUcontext) -> CUresult {
+    entry("cuCtxGetDevice_v2", true, || unsafe { out(device, device_of_context(context)? as CUdevice) })
+}
+
+/// Waits for the current context's streams only, as the driver does.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     entry("cuCtxSynchronize", true, || {
-        current_device()?;
-        stream::synchronize_all();
+        stream::synchronize_device(current_device()?);
+        Ok(())
+    })
+}
+
+/// `cuCtxSynchronize_v2` (CUDA 13): waits for a given context's streams.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxSynchronize_v2(context: CUcontext) -> CUresult {
+    entry("cuCtxSynchronize_v2", true, || {
+        stream::synchronize_device(device_of_context(context)?);
         Ok(())
     })
 }

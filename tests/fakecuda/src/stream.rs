@@ -26,18 +26,21 @@ pub struct Stream {
     progress: Mutex<Progress>,
     work_ready: Condvar,
     work_done: Condvar,
-    /// Blocking streams synchronise with the legacy default stream.
+    /// Blocking streams synchronise with their device's legacy default stream.
     pub blocking: bool,
+    /// The device (context) the stream belongs to.
+    pub device: usize,
 }
 
 impl Stream {
-    /// A new stream with its worker thread.
-    pub fn new(blocking: bool) -> Arc<Stream> {
+    /// A new stream of `device`'s context, with its worker thread.
+    pub fn new(device: usize, blocking: bool) -> Arc<Stream> {
         let stream = Arc::new(Stream {
             progress: Mutex::new(Progress::default()),
             work_ready: Condvar::new(),
             work_done: Condvar::new(),
             blocking,
+            device,
         });
         let weak = Arc::downgrade(&stream);
         std::thread::Builder::new()
@@ -121,22 +124,23 @@ fn all_streams() -> &'static Mutex<Vec<Weak<Stream>>> {
     STREAMS.get_or_init(Default::default)
 }
 
-/// The legacy default stream (`0` / `CU_STREAM_LEGACY`).
-pub fn legacy() -> &'static Arc<Stream> {
-    static LEGACY: OnceLock<Arc<Stream>> = OnceLock::new();
-    LEGACY.get_or_init(|| Stream::new(false))
+/// The legacy default stream (`0` / `CU_STREAM_LEGACY`) of `device`'s context.
+pub fn legacy(device: usize) -> Arc<Stream> {
+    static LEGACY: OnceLock<Mutex<HashMap<usize, Arc<Stream>>>> = OnceLock::new();
+    let mut streams = LEGACY.get_or_init(Default::default).lock().unwrap();
+    streams.entry(device).or_insert_with(|| Stream::new(device, false)).clone()
 }
 
-/// Legacy default stream semantics: work on it waits for every blocking stream, and
-/// work on a blocking stream waits for it.
+/// Legacy default stream semantics, within one context: work on it waits for every
+/// blocking stream of the context, and work on a blocking stream waits for it.
 fn implicit_waits(stream: &Arc<Stream>) -> Vec<(Arc<Stream>, u64)> {
-    let legacy = legacy();
+    let legacy = &legacy(stream.device);
     if Arc::ptr_eq(stream, legacy) {
         let streams = all_streams().lock().unwrap();
         streams
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|s| s.blocking && !Arc::ptr_eq(s, legacy))
+            .filter(|s| s.blocking && s.device == stream.device && !Arc::ptr_eq(s, legacy))
             .map(|s| {
                 let seq = s.submitted();
                 (s, seq)
@@ -149,22 +153,23 @@ fn implicit_waits(stream: &Arc<Stream>) -> Vec<(Arc<Stream>, u64)> {
     }
 }
 
-/// Waits until every stream has finished what was queued so far (`cuCtxSynchronize`).
-pub fn synchronize_all() {
+/// Waits until every stream of `device`'s context has finished what was queued so far
+/// (`cuCtxSynchronize`: the context's streams only, not other devices').
+pub fn synchronize_device(device: usize) {
     let streams: Vec<Arc<Stream>> =
-        all_streams().lock().unwrap().iter().filter_map(Weak::upgrade).collect();
+        all_streams().lock().unwrap().iter().filter_map(Weak::upgrade).filter(|s| s.device == device).collect();
     for stream in streams {
         stream.synchronize();
     }
 }
 
 thread_local! {
-    static PER_THREAD: Arc<Stream> = Stream::new(true);
+    static PER_THREAD: std::cell::RefCell<HashMap<usize, Arc<Stream>>> = Default::default();
 }
 
-/// This thread's per-thread default stream.
-pub fn per_thread() -> Arc<Stream> {
-    PER_THREAD.with(Arc::clone)
+/// This thread's per-thread default stream in `device`'s context.
+pub fn per_thread(device: usize) -> Arc<Stream> {
+    PER_THREAD.with(|streams| streams.borrow_mut().entry(device).or_insert_with(|| Stream::new(device, true)).clone())
 }
 
 static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);

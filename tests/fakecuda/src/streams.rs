@@ -16,9 +16,9 @@ fn events() -> &'static Registry<Event> {
 /// where stream 0 is the calling thread's default stream.
 pub(crate) fn stream_of(handle: CUstream, per_thread: bool) -> Result<Arc<Stream>, CUresult> {
     match handle as usize {
-        0 if per_thread => Ok(stream::per_thread()),
-        0 | CU_STREAM_LEGACY => Ok(stream::legacy().clone()),
-        CU_STREAM_PER_THREAD => Ok(stream::per_thread()),
+        0 if per_thread => Ok(stream::per_thread(current_device()?)),
+        0 | CU_STREAM_LEGACY => Ok(stream::legacy(current_device()?)),
+        CU_STREAM_PER_THREAD => Ok(stream::per_thread(current_device()?)),
         other => streams().get(other).ok_or(result::INVALID_HANDLE),
     }
 }
@@ -35,8 +35,7 @@ pub(crate) fn submit(stream: &Arc<Stream>, wait: bool, work: impl FnOnce() + Sen
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamCreate(handle: *mut CUstream, flags: c_uint) -> CUresult {
     entry("cuStreamCreate", true, || {
-        current_device()?;
-        let stream = Stream::new(flags & CU_STREAM_NON_BLOCKING == 0);
+        let stream = Stream::new(current_device()?, flags & CU_STREAM_NON_BLOCKING == 0);
         unsafe { out(handle, streams().insert(stream) as CUstream) }
     })
 }
@@ -149,6 +148,19 @@ pub unsafe extern "C" fn cuEventDestroy_v2(event: CUevent) -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventElapsedTime(milliseconds: *mut f32, start: CUevent, end: CUevent) -> CUresult {
     entry("cuEventElapsedTime", true, || {
+        let start = events().get(start as usize).ok_or(result::INVALID_HANDLE)?;
+        let end = events().get(end as usize).ok_or(result::INVALID_HANDLE)?;
+        match (start.passed_at(), end.passed_at()) {
+            (Some(a), Some(b)) => unsafe { out(milliseconds, b.saturating_duration_since(a).as_secs_f32() * 1000.0) },
+            _ => Err(result::NOT_READY),
+        }
+    })
+}
+
+/// `cuEventElapsedTime_v2` (CUDA 12.8): the same contract as `cuEventElapsedTime`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventElapsedTime_v2(milliseconds: *mut f32, start: CUevent, end: CUevent) -> CUresult {
+    entry("cuEventElapsedTime_v2", true, || {
         let start = events().get(start as usize).ok_or(result::INVALID_HANDLE)?;
         let end = events().get(end as usize).ok_or(result::INVALID_HANDLE)?;
         match (start.passed_at(), end.passed_at()) {

@@ -41,18 +41,6 @@ pub struct Cuda {
 
 pub use vvram_cuda::{CallError, check};
 
-/// The symbol names' base form for `cuGetProcAddress`: without `_v2`/`_v3` and stream suffixes.
-pub fn base_name(symbol: &str) -> &str {
-    let mut name = symbol;
-    for suffix in ["_ptsz", "_ptds"] {
-        name = name.strip_suffix(suffix).unwrap_or(name);
-    }
-    for suffix in ["_v2", "_v3"] {
-        name = name.strip_suffix(suffix).unwrap_or(name);
-    }
-    name
-}
-
 impl Cuda {
     /// Opens `libcuda.so.1` and resolves every entry point through `door`.
     pub fn load(door: Door) -> Result<Cuda, String> {
@@ -72,15 +60,15 @@ impl Cuda {
                 let flags = if door == Door::ProcAddressPerThread { CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM } else { 0 };
                 DriverApi::load(|name| {
                     let symbol = std::str::from_utf8(&name[..name.len() - 1]).unwrap_or("");
-                    let wants_per_thread = symbol.ends_with("_ptsz") || symbol.ends_with("_ptds");
-                    let base = CString::new(base_name(symbol)).unwrap_or_default();
+                    // Ask at a version that answers this exact variant: at 13000 the base
+                    // name of `cuCtxSynchronize` gives the CUDA 13 one, which takes a context.
+                    let Some(variant) = vvram_cuda::variant(symbol) else { return std::ptr::null_mut() };
+                    let base = CString::new(variant.base).unwrap_or_default();
                     let mut address = std::ptr::null_mut();
                     let mut status: c_int = 0;
-                    let flags = if wants_per_thread { CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM } else { flags };
-                    // The 4-argument cuGetProcAddress is what versions before 12000 get.
-                    let version = if symbol == "cuGetProcAddress" { 11030 } else { 13000 };
+                    let flags = if variant.per_thread { CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM } else { flags };
                     // SAFETY: valid pointers for the outputs.
-                    let code = unsafe { get(base.as_ptr(), &mut address, version, flags, &mut status) };
+                    let code = unsafe { get(base.as_ptr(), &mut address, variant.version(), flags, &mut status) };
                     if code == result::SUCCESS { address } else { std::ptr::null_mut() }
                 })
             }

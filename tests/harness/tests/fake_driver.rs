@@ -67,6 +67,14 @@ fn every_door_reaches_the_same_driver() {
 }
 
 #[test]
+fn contexts_synchronise_separately_and_cuda_13_variants_take_a_context() {
+    for door in ["dlsym", "procaddress"] {
+        let stdout = passes(&["--door", door, "contexts"], &[("FAKECUDA_KERNEL_US", "300000")]);
+        assert!(stdout.contains("ok: cuCtxSynchronize waits for its own context only"), "{door}: {stdout}");
+    }
+}
+
+#[test]
 fn configured_devices_and_peers_are_listed() {
     let stdout = passes(&["devices"], &[("FAKECUDA_DEVICES", "1GiB,2GiB,3GiB"), ("FAKECUDA_PEERS", "0-1")]);
     assert!(stdout.contains("device 0: fakecuda GPU, 1024 MiB, peers [0 1 0]"), "{stdout}");

@@ -342,6 +342,50 @@ fn params(s: &Session) -> Checked {
     Ok(())
 }
 
+/// Contexts are separate: `cuCtxSynchronize` waits for the current context's work only;
+/// the CUDA 13 variants from `cuGetProcAddress` take a context. Needs two devices and a
+/// kernel slower than the calls between (FAKECUDA_KERNEL_US on the fake driver).
+fn contexts(s: &Session) -> Checked {
+    ensure(s.device_count()? >= 2, || "the contexts scenario needs two devices".into())?;
+    let (mut here, mut there) = (std::ptr::null_mut(), std::ptr::null_mut());
+    cu!(s.cuda, cuCtxGetCurrent(&mut here))?;
+    cu!(s.cuda, cuDevicePrimaryCtxRetain(&mut there, 1))?;
+    cu!(s.cuda, cuCtxSetCurrent(there))?;
+    let (mut stream, mut buffer) = (std::ptr::null_mut(), 0u64);
+    cu!(s.cuda, cuStreamCreate(&mut stream, CU_STREAM_NON_BLOCKING))?;
+    cu!(s.cuda, cuMemAlloc_v2(&mut buffer, 4 * MIB))?;
+    s.fill(stream, buffer, 1.0, MIB)?;
+    cu!(s.cuda, cuCtxSetCurrent(here))?;
+    cu!(s.cuda, cuCtxSynchronize())?;
+    let busy = s.cuda.api.cuStreamQuery.map_or(result::NOT_FOUND, |f| unsafe { f(stream) });
+    ensure(busy == result::NOT_READY, || format!("cuCtxSynchronize in device 0's context waited for device 1's stream (query {busy})"))?;
+    let get = s.cuda.api.cuGetProcAddress_v2.ok_or_else(|| "no cuGetProcAddress_v2".to_string())?;
+    let (mut old, mut new, mut status) = (std::ptr::null_mut(), std::ptr::null_mut(), 0);
+    vvram_harness::check(unsafe { get(c"cuCtxSynchronize".as_ptr(), &mut old, 12000, 0, &mut status) }, "cuGetProcAddress_v2(cuCtxSynchronize, 12000)")?;
+    vvram_harness::check(unsafe { get(c"cuCtxSynchronize".as_ptr(), &mut new, 13000, 0, &mut status) }, "cuGetProcAddress_v2(cuCtxSynchronize, 13000)")?;
+    ensure(old != new, || "cuCtxSynchronize at 12000 and 13000 are the same entry point".into())?;
+    let exported = unsafe { libc::dlsym(s.cuda.handle, c"cuCtxSynchronize_v2".as_ptr()) };
+    ensure(new == exported, || "cuCtxSynchronize at 13000 is not cuCtxSynchronize_v2".into())?;
+    // SAFETY: the CUDA 13 signature, CUresult cuCtxSynchronize_v2(CUcontext).
+    let synchronize: unsafe extern "C" fn(CUcontext) -> CUresult = unsafe { std::mem::transmute(new) };
+    vvram_harness::check(unsafe { synchronize(there) }, "cuCtxSynchronize_v2(device 1)")?;
+    let idle = s.cuda.api.cuStreamQuery.map_or(result::NOT_FOUND, |f| unsafe { f(stream) });
+    ensure(idle == result::SUCCESS, || format!("after cuCtxSynchronize_v2 of device 1 its stream is not idle ({idle})"))?;
+    let mut get_device = std::ptr::null_mut();
+    vvram_harness::check(unsafe { get(c"cuCtxGetDevice".as_ptr(), &mut get_device, 13000, 0, &mut status) }, "cuGetProcAddress_v2(cuCtxGetDevice, 13000)")?;
+    // SAFETY: the CUDA 13 signature, CUresult cuCtxGetDevice_v2(CUdevice *, CUcontext).
+    let get_device: unsafe extern "C" fn(*mut CUdevice, CUcontext) -> CUresult = unsafe { std::mem::transmute(get_device) };
+    let mut device = -1;
+    vvram_harness::check(unsafe { get_device(&mut device, there) }, "cuCtxGetDevice_v2")?;
+    ensure(device == 1, || format!("cuCtxGetDevice_v2 of device 1's context gave {device}"))?;
+    cu!(s.cuda, cuCtxSetCurrent(there))?;
+    cu!(s.cuda, cuMemFree_v2(buffer))?;
+    cu!(s.cuda, cuStreamDestroy_v2(stream))?;
+    cu!(s.cuda, cuCtxSetCurrent(here))?;
+    println!("ok: cuCtxSynchronize waits for its own context only; CUDA 13 variants take a context");
+    Ok(())
+}
+
 /// Calls cuMemCreate N times and prints each result (for fault injection tests).
 fn create_calls(s: &Session, count: usize) -> Checked {
     let mut codes = Vec::new();
@@ -375,6 +419,7 @@ fn run(args: &[String]) -> Checked {
         "order" => order(&s)?,
         "oom" => oom(&s)?,
         "params" => params(&s)?,
+        "contexts" => contexts(&s)?,
         "spread" => shim::spread(&s)?,
         "threads" => shim::threads(&s)?,
         "h2d" => shim::h2d(&s)?,
@@ -389,7 +434,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())
