@@ -60,6 +60,8 @@ pub mod result {
     pub const INVALID_CONTEXT: CUresult = 201;
     /// `CUDA_ERROR_ALREADY_MAPPED`.
     pub const ALREADY_MAPPED: CUresult = 208;
+    /// `CUDA_ERROR_NO_BINARY_FOR_GPU`.
+    pub const NO_BINARY_FOR_GPU: CUresult = 209;
     /// `CUDA_ERROR_NOT_MAPPED`.
     pub const NOT_MAPPED: CUresult = 211;
     /// `CUDA_ERROR_PEER_ACCESS_UNSUPPORTED`.
@@ -91,6 +93,7 @@ pub mod result {
             INVALID_IMAGE => c"CUDA_ERROR_INVALID_IMAGE",
             INVALID_CONTEXT => c"CUDA_ERROR_INVALID_CONTEXT",
             ALREADY_MAPPED => c"CUDA_ERROR_ALREADY_MAPPED",
+            NO_BINARY_FOR_GPU => c"CUDA_ERROR_NO_BINARY_FOR_GPU",
             NOT_MAPPED => c"CUDA_ERROR_NOT_MAPPED",
             PEER_ACCESS_UNSUPPORTED => c"CUDA_ERROR_PEER_ACCESS_UNSUPPORTED",
             INVALID_HANDLE => c"CUDA_ERROR_INVALID_HANDLE",

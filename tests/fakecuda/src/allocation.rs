@@ -46,13 +46,21 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         // cuMemFree synchronises the current context, and only that one: work queued in
         // another context may still use the memory, as on a GPU.
         stream::synchronize_device(current_device()?);
-        memory::free(dptr)
+        memory::free(dptr)?;
+        pools::note_free(dptr);
+        Ok(())
     })
 }
 
 unsafe fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream, per_thread: bool) -> Outcome {
     stream_of(stream, per_thread)?;
-    unsafe { out(dptr, memory::allocate(current_device()?, bytes as u64)?) }
+    if dptr.is_null() {
+        return Err(result::INVALID_VALUE);
+    }
+    let device = current_device()?;
+    let address = memory::allocate(device, bytes as u64)?;
+    pools::note_allocation(device, address, bytes as u64);
+    unsafe { out(dptr, address) }
 }
 
 #[unsafe(no_mangle)]
@@ -69,7 +77,9 @@ fn free_async(dptr: CUdeviceptr, stream: CUstream, per_thread: bool) -> Outcome 
     current_device()?;
     memory::allocation_containing(dptr).filter(|(base, _)| *base == dptr).ok_or(result::INVALID_VALUE)?;
     submit(&stream_of(stream, per_thread)?, false, move || {
-        let _ = memory::free(dptr);
+        if memory::free(dptr).is_ok() {
+            pools::note_free(dptr);
+        }
     });
     Ok(())
 }

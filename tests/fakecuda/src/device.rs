@@ -92,16 +92,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, device: CUdevice
 pub unsafe extern "C" fn cuDeviceGetAttribute(value: *mut c_int, attribute: c_int, device: CUdevice) -> CUresult {
     entry("cuDeviceGetAttribute", true, || {
         let device = device_index(device)?;
-        let v = match attribute {
-            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR => 9,
-            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR => 0,
-            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT => 132,
-            CU_DEVICE_ATTRIBUTE_PCI_BUS_ID => 0x18 + device as c_int,
-            CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID | CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID => 0,
-            CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING | CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED => 1,
-            _ => 0,
-        };
-        unsafe { out(value, v) }
+        unsafe { out(value, attributes::value(attribute, device).ok_or(result::INVALID_VALUE)?) }
     })
 }
 
@@ -109,7 +100,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(value: *mut c_int, attribute: c_in
 pub unsafe extern "C" fn cuDeviceGetPCIBusId(bus_id: *mut c_char, len: c_int, device: CUdevice) -> CUresult {
     entry("cuDeviceGetPCIBusId", true, || {
         let device = device_index(device)?;
-        write_c_string(bus_id, len, &format!("00000000:{:02X}:00.0", 0x18 + device))
+        write_c_string(bus_id, len, &format!("00000000:{:02X}:00.0", attributes::pci_bus(device)))
     })
 }
 
@@ -121,14 +112,46 @@ pub unsafe extern "C" fn cuDeviceCanAccessPeer(can: *mut c_int, device: CUdevice
     })
 }
 
+/// How many times each device's primary context is retained; it is active while above 0.
+fn primary_retains() -> &'static [AtomicUsize] {
+    static RETAINS: OnceLock<Vec<AtomicUsize>> = OnceLock::new();
+    RETAINS.get_or_init(|| config().devices.iter().map(|_| AtomicUsize::new(0)).collect())
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(context: *mut CUcontext, device: CUdevice) -> CUresult {
-    entry("cuDevicePrimaryCtxRetain", true, || unsafe { out(context, context_handle(device_index(device)?)) })
+    entry("cuDevicePrimaryCtxRetain", true, || {
+        let device = device_index(device)?;
+        unsafe { out(context, context_handle(device))? };
+        primary_retains()[device].fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    })
+}
+
+fn primary_release(device: CUdevice) -> Outcome {
+    let retains = &primary_retains()[device_index(device)?];
+    retains.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).map(|_| ()).map_err(|_| result::INVALID_CONTEXT)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(device: CUdevice) -> CUresult {
-    entry("cuDevicePrimaryCtxRelease_v2", true, || device_index(device).map(|_| ()))
+    entry("cuDevicePrimaryCtxRelease_v2", true, || primary_release(device))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(device: CUdevice) -> CUresult {
+    entry("cuDevicePrimaryCtxRelease", true, || primary_release(device))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(device: CUdevice, flags: *mut c_uint, active: *mut c_int) -> CUresult {
+    entry("cuDevicePrimaryCtxGetState", true, || {
+        let retained = primary_retains()[device_index(device)?].load(Ordering::Acquire) > 0;
+        unsafe {
+            out(flags, 0)?;
+            out(active, retained as c_int)
+        }
+    })
 }
 
 #[unsafe(no_mangle)]

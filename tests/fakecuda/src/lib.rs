@@ -5,8 +5,8 @@
 //! (see `memory`), with asynchronous streams (see `stream`), a few built-in kernels (see
 //! `kernels`), a configurable machine (see `config`) and fault injection (see `fault`).
 //! The entry points are grouped by job: `device` (initialisation, devices, contexts),
-//! `allocation`, `vmm`, `copies`, `streams`, `modules`, `errors`, `unsupported` and
-//! `procaddress`; this file holds what every entry point shares.
+//! `attributes`, `allocation`, `pools`, `vmm`, `copies`, `streams`, `stream_info`,
+//! `modules`, `errors`, `export_tables` (with `integrity`), `unsupported` and `procaddress`; this file holds what every entry point shares.
 //! It behaves as driver 580 does on libcudart's path: `cuLibraryGetKernel` gives
 //! `CUkernel` handles, `cuFuncGetParamInfo` refuses them with `CUDA_ERROR_INVALID_HANDLE`,
 //! and `cuKernelGetParamInfo` is reachable only through `cuGetProcAddress`.
@@ -14,16 +14,21 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 mod allocation;
+mod attributes;
 mod config;
 mod copies;
 mod device;
 mod errors;
+mod export_tables;
 mod fault;
+mod integrity;
 mod kernels;
 mod memory;
 mod modules;
+mod pools;
 mod procaddress;
 mod stream;
+mod stream_info;
 mod streams;
 mod unsupported;
 mod vmm;
@@ -34,16 +39,20 @@ use memory::Place;
 use std::cell::Cell;
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use stream::{Event, Registry, Stream};
 use vvram_cuda::*;
 
 use allocation::*;
+use attributes::*;
 use copies::*;
 use device::*;
 use errors::*;
+use export_tables::*;
 use modules::*;
+use pools::*;
+use stream_info::*;
 use streams::*;
 use vmm::*;
 

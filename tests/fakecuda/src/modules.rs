@@ -50,6 +50,14 @@ unsafe fn find_kernel(module: *mut c_void, name: *const c_char, library: bool) -
     Ok(function_handle(kernel, library))
 }
 
+/// `CU_MODULE_LAZY_LOADING`: modules load their kernels on first use, the default since CUDA 12.2.
+const LAZY_LOADING: c_uint = 2;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleGetLoadingMode(mode: *mut c_uint) -> CUresult {
+    entry("cuModuleGetLoadingMode", true, || unsafe { out(mode, LAZY_LOADING) })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleLoadData(module: *mut CUmodule, image: *const c_void) -> CUresult {
     entry("cuModuleLoadData", true, || unsafe {

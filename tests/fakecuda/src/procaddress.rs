@@ -40,7 +40,25 @@ fn entries() -> &'static [Entry] {
             ("cuDeviceGetPCIBusId", 4010, cuDeviceGetPCIBusId),
             ("cuDeviceCanAccessPeer", 4000, cuDeviceCanAccessPeer),
             ("cuDevicePrimaryCtxRetain", 7000, cuDevicePrimaryCtxRetain),
+            ("cuDevicePrimaryCtxRelease", 7000, cuDevicePrimaryCtxRelease),
             ("cuDevicePrimaryCtxRelease", 11000, cuDevicePrimaryCtxRelease_v2),
+            ("cuDevicePrimaryCtxGetState", 7000, cuDevicePrimaryCtxGetState),
+            ("cuDeviceGetUuid", 9020, cuDeviceGetUuid),
+            ("cuDeviceGetUuid", 11040, cuDeviceGetUuid_v2),
+            ("cuCtxGetStreamPriorityRange", 5050, cuCtxGetStreamPriorityRange),
+            ("cuDeviceGetDefaultMemPool", 11020, cuDeviceGetDefaultMemPool),
+            ("cuDeviceGetMemPool", 11020, cuDeviceGetMemPool),
+            ("cuMemPoolGetAttribute", 11020, cuMemPoolGetAttribute),
+            ("cuMemPoolSetAttribute", 11020, cuMemPoolSetAttribute),
+            ("cuMemPoolTrimTo", 11020, cuMemPoolTrimTo),
+            ("cuStreamCreateWithPriority", 5050, cuStreamCreateWithPriority),
+            ("cuStreamGetPriority", 5050, cuStreamGetPriority, cuStreamGetPriority_ptsz),
+            ("cuStreamGetFlags", 5050, cuStreamGetFlags, cuStreamGetFlags_ptsz),
+            ("cuStreamIsCapturing", 10000, cuStreamIsCapturing, cuStreamIsCapturing_ptsz),
+            ("cuStreamGetCaptureInfo", 11030, cuStreamGetCaptureInfo_v2, cuStreamGetCaptureInfo_v2_ptsz),
+            ("cuStreamGetCaptureInfo", 12030, cuStreamGetCaptureInfo_v3, cuStreamGetCaptureInfo_v3_ptsz),
+            ("cuModuleGetLoadingMode", 11070, cuModuleGetLoadingMode),
+            ("cuGetExportTable", 3000, cuGetExportTable),
             ("cuCtxSetCurrent", 4000, cuCtxSetCurrent),
             ("cuCtxGetCurrent", 4000, cuCtxGetCurrent),
             ("cuCtxGetDevice", 2000, cuCtxGetDevice),
@@ -113,8 +131,7 @@ fn entries() -> &'static [Entry] {
 fn lookup(symbol: &str, version: c_int, flags: u64) -> Result<*const c_void, c_int> {
     let candidates: Vec<&Entry> = entries().iter().filter(|e| e.base == symbol).collect();
     if candidates.is_empty() {
-        eprintln!("fakecuda: cuGetProcAddress(\"{symbol}\") is not supported");
-        return Err(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
+        return unsupported::find(symbol).ok_or(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
     }
     let entry = candidates
         .into_iter()
