@@ -14,9 +14,16 @@ extern "C" {
 const char *vvram_version(void);
 
 /* Replace the policy with a TOML text. Validated as `vvram check` does, and against the
- * machine once CUDA is initialised. Applies to allocations made from now on. On error
- * returns 2 and writes "<policy>:LINE:COLUMN: message" into error (error_len bytes). */
+ * machine (the call initialises the driver, as cuInit does, when the application has not
+ * yet). Applies to allocations made from now on. On error returns 2 and writes
+ * "<policy>:LINE:COLUMN: message" into error (error_len bytes). No call of this API ends
+ * the process. */
 int vvram_set_policy_toml(const char *toml, char *error, size_t error_len);
+
+/* As vvram_set_policy_toml, under a name (a preset's, say; 1-128 characters, no control
+ * characters) that error messages ("NAME:LINE:COLUMN: message") and statistics show
+ * instead of "<policy>". */
+int vvram_set_policy_named(const char *name, const char *toml, char *error, size_t error_len);
 
 /* Replace the policy with a DisTorch2 allocation string ("cuda:0,2.5gb;cpu,*") for
  * compute device `device`. Errors as vvram_set_policy_toml. */
@@ -33,7 +40,8 @@ int vvram_set_tag(const char *tag);
  * Returns the bytes needed including the NUL: call again with a larger buffer if it is
  * more than len. Fields: version, pid, policy, active, phase, tag, devices[] {device,
  * reported_total, allocations, tiers[] {tier, used, capacity}}, host_pool_bytes,
- * allocations, frees, out_of_memory, fast_h2d_bytes, errors. */
+ * allocations, frees, out_of_memory, fast_h2d_bytes, errors, and policy_error: why the
+ * policy in force does not fit the machine (placement then stays inactive), or null. */
 size_t vvram_stats_json(char *buffer, size_t len);
 
 #ifdef __cplusplus

@@ -34,7 +34,10 @@ pub extern "C" fn vvram_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
 
+/// Installs a parsed policy; never ends the process: a policy that does not fit the
+/// machine comes back as error 2 with the checker's message.
 fn install(policy: Result<vvram_policy::Policy, vvram_policy::PolicyError>, origin: &str, error: *mut c_char, error_len: usize) -> c_int {
+    crate::runtime::init_driver();
     let outcome = policy.map_err(|e| e.to_string()).and_then(|p| state().set_policy(p, origin.to_string()));
     match outcome {
         Ok(()) => {
@@ -55,6 +58,17 @@ fn install(policy: Result<vvram_policy::Policy, vvram_policy::PolicyError>, orig
 pub unsafe extern "C" fn vvram_set_policy_toml(toml: *const c_char, error: *mut c_char, error_len: usize) -> c_int {
     let Some(toml) = (unsafe { text(toml) }) else { return 1 };
     install(parse_policy("<policy>", toml), "<policy>", error, error_len)
+}
+
+/// Replaces the policy with a TOML text as `vvram_set_policy_toml` does, under a name
+/// (a preset's, say) that errors and statistics show instead of `<policy>`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vvram_set_policy_named(name: *const c_char, toml: *const c_char, error: *mut c_char, error_len: usize) -> c_int {
+    let (Some(name), Some(toml)) = (unsafe { text(name) }, unsafe { text(toml) }) else { return 1 };
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return 1;
+    }
+    install(parse_policy(name, toml), name, error, error_len)
 }
 
 /// Replaces the policy with a DisTorch2 allocation string for compute device `device`.
@@ -95,10 +109,11 @@ pub unsafe extern "C" fn vvram_set_tag(tag: *const c_char) -> c_int {
     unsafe { set_name(tag, |s| &mut s.tag) }
 }
 
-/// The live state, as `vvram_stats_json` and the shared-memory region show it.
+/// The live state, as `vvram_stats_json` and the shared-memory region show it. Never
+/// ends the process: a policy that does not fit the machine shows as `policy_error`.
 pub fn snapshot() -> Snapshot {
     let mut state = state();
-    state.manager();
+    let policy_error = state.try_manager().err();
     let manager = state.manager.as_ref();
     let devices = manager
         .map(|m| {
@@ -121,6 +136,7 @@ pub fn snapshot() -> Snapshot {
         pid: std::process::id(),
         policy: state.policy.as_ref().map(|_| state.policy_origin.clone()),
         active: manager.is_some(),
+        policy_error,
         phase: state.phase.clone(),
         tag: state.tag.clone(),
         devices,

@@ -3,7 +3,7 @@
 
 use crate::ops::RealOps;
 use crate::real_call;
-use std::ffi::c_int;
+use std::ffi::{CStr, CString, c_int};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ pub struct State {
     pub phase: Option<String>,
     /// The current allocation tag.
     pub tag: Option<String>,
+    /// Why the policy in force does not fit the machine, once that was found.
+    pub policy_error: Option<String>,
     said_pass_through: bool,
 }
 
@@ -33,6 +35,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     manager: None,
     phase: None,
     tag: None,
+    policy_error: None,
     said_pass_through: false,
 });
 
@@ -77,7 +80,17 @@ pub extern "C" fn start() {
     state.phase = std::env::var("VVRAM_PHASE").ok().filter(|p| !p.is_empty());
 }
 
-/// The machine as the driver sees it, once the application has initialised it.
+/// Initialises the driver (the control API's path), so that a policy set through it is
+/// checked against the machine at once rather than at the application's first CUDA call.
+/// Idempotent, as the driver's `cuInit` is; without a driver the check stays deferred.
+pub fn init_driver() {
+    let code = real_call!(cuInit(0));
+    if code != result::SUCCESS {
+        tracing::debug!(code, "cuInit from the control API failed: policies are checked at first use");
+    }
+}
+
+/// The machine as the driver sees it, once the driver is initialised.
 fn machine() -> Option<Machine> {
     let mut count: c_int = 0;
     if real_call!(cuDeviceGetCount(&mut count)) != result::SUCCESS || count <= 0 {
@@ -100,8 +113,25 @@ fn machine() -> Option<Machine> {
 impl State {
     /// The manager, built on first need: after the application initialised the driver,
     /// when there is a policy. A policy that does not fit the machine stops the process
-    /// with the checker's message.
+    /// with the checker's message (the hooks' path: fail loudly rather than run unplaced).
     pub fn manager(&mut self) -> Option<&mut MemoryManager<RealOps>> {
+        match self.try_manager() {
+            Ok(manager) => manager,
+            Err(error) => {
+                eprintln!("vvram: the policy does not fit this machine, stopping: {error}");
+                // SAFETY: a fatal configuration error; fail loudly rather than run unplaced.
+                unsafe { libc::_exit(2) }
+            }
+        }
+    }
+
+    /// The manager as [`State::manager`] builds it, but a policy that does not fit the
+    /// machine is returned as an error (and remembered) instead of ending the process:
+    /// the control API's path.
+    pub fn try_manager(&mut self) -> Result<Option<&mut MemoryManager<RealOps>>, String> {
+        if let Some(error) = &self.policy_error {
+            return Err(error.clone());
+        }
         if self.manager.is_none() {
             crate::log::init();
             let Some(policy) = &self.policy else {
@@ -109,9 +139,9 @@ impl State {
                     self.said_pass_through = true;
                     eprintln!("vvram: no policy (VVRAM_POLICY or VVRAM_ALLOC): passing every CUDA call through unchanged");
                 }
-                return None;
+                return Ok(None);
             };
-            let machine = machine()?;
+            let Some(machine) = machine() else { return Ok(None) };
             match resolve(policy, &machine) {
                 Ok(plan) => {
                     tracing::info!(origin = %self.policy_origin, devices = plan.devices.len(), "policy resolved against the machine");
@@ -119,13 +149,14 @@ impl State {
                     start_background();
                 }
                 Err(error) => {
-                    eprintln!("vvram: the policy does not fit this machine, stopping: {error}");
-                    // SAFETY: a fatal configuration error; fail loudly rather than run unplaced.
-                    unsafe { libc::_exit(2) };
+                    let error = error.to_string();
+                    tracing::error!(origin = %self.policy_origin, %error, "the policy does not fit this machine");
+                    self.policy_error = Some(error.clone());
+                    return Err(error);
                 }
             }
         }
-        self.manager.as_mut()
+        Ok(self.manager.as_mut())
     }
 
     /// Replaces the policy: validated against the machine when the driver is up; applies
@@ -143,6 +174,7 @@ impl State {
         }
         self.policy = Some(policy);
         self.policy_origin = origin;
+        self.policy_error = None;
         Ok(())
     }
 }
@@ -226,7 +258,7 @@ pub fn check_for_aimdo() {
     if now < due || NEXT_CHECK_MS.compare_exchange(due, now + 1000, Ordering::Relaxed, Ordering::Relaxed).is_err() {
         return;
     }
-    if loaded_object_named("aimdo") && !WARNED.swap(true, Ordering::Relaxed) {
+    if aimdo_loaded() && !WARNED.swap(true, Ordering::Relaxed) {
         eprintln!(
             "vvram: ComfyUI's Dynamic VRAM (comfy-aimdo) is loaded: it patches libcuda's allocation calls \
              itself and will fight vvram. Start ComfyUI with --disable-dynamic-vram under vvram \
@@ -236,19 +268,44 @@ pub fn check_for_aimdo() {
     }
 }
 
-/// Whether a loaded shared object's path contains `needle`.
-pub fn loaded_object_named(needle: &str) -> bool {
+/// Whether comfy-aimdo's native library is in the process: a loaded object whose file
+/// name (not its directory) contains "aimdo" and that exports `aimdo_setup_hooks`, its
+/// hook installer. A name alone is not enough: any path may contain the word.
+pub fn aimdo_loaded() -> bool {
+    loaded_objects_named("aimdo").iter().any(|path| exports(path, c"aimdo_setup_hooks"))
+}
+
+/// The paths of the loaded shared objects whose file name contains `needle`.
+fn loaded_objects_named(needle: &str) -> Vec<CString> {
     unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> c_int {
-        // SAFETY: dl_iterate_phdr passes valid info; data is our &str.
-        let needle = unsafe { &*(data as *const &str) };
+        // SAFETY: dl_iterate_phdr passes valid info; data is our (needle, found) pair.
+        let (needle, found) = unsafe { &mut *(data as *mut (&str, Vec<CString>)) };
         let name = unsafe { (*info).dlpi_name };
         if name.is_null() {
             return 0;
         }
-        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
-        name.windows(needle.len()).any(|w| w == needle.as_bytes()) as c_int
+        let name = unsafe { CStr::from_ptr(name) };
+        let path = name.to_bytes();
+        let file = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        if file.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            found.push(name.to_owned());
+        }
+        0
     }
-    let mut needle = needle;
-    // SAFETY: the callback only reads.
-    unsafe { libc::dl_iterate_phdr(Some(visit), &mut needle as *mut &str as *mut libc::c_void) != 0 }
+    let mut search = (needle, Vec::new());
+    // SAFETY: the callback only reads the loader's list and appends to our vector.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut search as *mut (&str, Vec<CString>) as *mut libc::c_void) };
+    search.1
+}
+
+/// Whether the already loaded object at `path` exports `symbol`.
+fn exports(path: &CStr, symbol: &CStr) -> bool {
+    // SAFETY: RTLD_NOLOAD only finds an object already loaded; the handle is closed again.
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+    if handle.is_null() {
+        return false;
+    }
+    let found = !crate::real::real_dlsym(handle, symbol).is_null();
+    unsafe { libc::dlclose(handle) };
+    found
 }

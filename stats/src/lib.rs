@@ -56,6 +56,9 @@ pub struct Snapshot {
     pub policy: Option<String>,
     /// Whether placement is active (a policy resolved against the machine).
     pub active: bool,
+    /// Why the policy does not fit the machine (placement is then inactive).
+    #[serde(default)]
+    pub policy_error: Option<String>,
     /// The current phase.
     pub phase: Option<String>,
     /// The current allocation tag.

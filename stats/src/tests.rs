@@ -15,6 +15,7 @@ fn snapshot(allocations: u64) -> Snapshot {
         pid: std::process::id(),
         policy: Some("p.toml".into()),
         active: true,
+        policy_error: None,
         phase: Some("load".into()),
         tag: None,
         devices: vec![DeviceSnapshot {

@@ -40,7 +40,11 @@ pub fn render(s: &Snapshot) -> String {
         s.pid,
         printable(s.policy.as_deref().unwrap_or("none")),
         printable(s.phase.as_deref().unwrap_or("none")),
-        if s.active { "" } else { " (not active yet)" }
+        match (&s.policy_error, s.active) {
+            (Some(error), _) => format!(" (not active: the policy does not fit this machine: {})", printable(error)),
+            (None, true) => String::new(),
+            (None, false) => " (not active yet)".to_string(),
+        }
     );
     for device in &s.devices {
         out += &format!("\ndevice {} — the application is told it holds {}\n", device.device, format_size(device.reported_total));
@@ -120,6 +124,7 @@ mod tests {
             pid: 1,
             policy: Some(evil.into()),
             active: true,
+            policy_error: Some(evil.into()),
             phase: Some(evil.into()),
             tag: Some(evil.into()),
             devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: evil.into(), used: 0, capacity: 1 }] }],

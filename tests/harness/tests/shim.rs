@@ -162,7 +162,7 @@ fn nothing_is_printed_on_stdout_and_logs_go_to_the_log_file() {
 #[test]
 fn comfy_aimdo_in_the_process_is_detected_and_the_fix_named() {
     let dir = build_dir().join("shim-tests");
-    let source = write_file("aimdo.c", "int comfy_aimdo_marker;\n");
+    let source = write_file("aimdo.c", "void aimdo_setup_hooks(void) {}\n");
     let library = dir.join("libcomfy_aimdo.so");
     let compiled = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&library).arg(&source).output().unwrap();
     assert!(compiled.status.success(), "{}", describe(&compiled));
