@@ -117,21 +117,23 @@ pub unsafe extern "C" fn cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *
 }
 
 unsafe fn pointer_attribute(data: *mut c_void, attribute: c_int, ptr: CUdeviceptr) -> Outcome {
-    let (start, len, device, id) = if let Some((start, a)) = memory::allocation_containing(ptr) {
-        (start, a.size, a.device, a.id)
+    // Host-located VMM memory is HOST to pointer queries (the driver's answer, which Open
+    // MPI's PR 12751 relies on), although the CPU may not touch it without access.
+    let (start, len, device, id, kind) = if let Some((start, a)) = memory::allocation_containing(ptr) {
+        (start, a.size, a.device, a.id, CU_MEMORYTYPE_DEVICE)
     } else if let Some((start, m)) = memory::mapping_containing(ptr) {
-        let device = match m.place {
-            Place::Device(d) => d,
-            Place::Host => current_device()?,
+        let (device, kind) = match m.place {
+            Place::Device(d) => (d, CU_MEMORYTYPE_DEVICE),
+            Place::Host => (current_device()?, CU_MEMORYTYPE_HOST),
         };
-        (start, m.size, device, m.handle)
+        (start, m.size, device, m.handle, kind)
     } else {
         return Err(result::INVALID_VALUE);
     };
     unsafe {
         match attribute {
             CU_POINTER_ATTRIBUTE_CONTEXT => out(data as *mut CUcontext, context_handle(device)),
-            CU_POINTER_ATTRIBUTE_MEMORY_TYPE => out(data as *mut c_uint, CU_MEMORYTYPE_DEVICE),
+            CU_POINTER_ATTRIBUTE_MEMORY_TYPE => out(data as *mut c_uint, kind),
             CU_POINTER_ATTRIBUTE_DEVICE_POINTER => out(data as *mut u64, ptr),
             CU_POINTER_ATTRIBUTE_HOST_POINTER => out(data as *mut u64, 0),
             CU_POINTER_ATTRIBUTE_BUFFER_ID => out(data as *mut u64, id),

@@ -69,7 +69,9 @@ pub(crate) fn value(id: c_int, device: usize) -> Option<c_int> {
         111 => 1024,                             // reserved shared memory per block
         119 => 1,                                // pool handle types: POSIX file descriptor
         126 => 4,                                // memory sync domains
-        131 | 134 => -1,                         // NUMA ids: none
+        131 => -1,                               // the device's own NUMA id: none
+        134 => crate::config::config().host_numa[device], // host NUMA node closest to the device
+        141 => crate::config::config().host_vmm as c_int, // host-located VMM allocations
         139 => 0x2330_10DE,                      // PCI device/vendor id
         _ => 0,
     })

@@ -1,20 +1,47 @@
-//! Copies and memsets, synchronous and stream-ordered.
+//! Copies and memsets, synchronous and stream-ordered. They reach device memory through
+//! its device view (see `memory`): a device address outside every reservation faults, as
+//! on a GPU; host buffers are the application's own.
 
 use super::*;
+
+/// How a copy's side is addressed.
+#[derive(Clone, Copy)]
+enum Side {
+    /// A device address (`CUdeviceptr` of `cuMemcpyHtoD` and kin).
+    Device,
+    /// A host buffer the application owns.
+    Host,
+    /// A unified address (`cuMemcpy`, `cuMemcpyAsync`, peer copies): device memory
+    /// through its view, anything else as host memory.
+    Unified,
+}
+
+impl Side {
+    /// The address the copy engine touches.
+    fn view(self, address: u64) -> u64 {
+        match self {
+            Side::Device => memory::device_view(address),
+            Side::Host => address,
+            Side::Unified => memory::unified_view(address),
+        }
+    }
+}
 
 fn copy_bytes(dst: u64, src: u64, bytes: usize) -> impl FnOnce() + Send + 'static {
     // SAFETY: as on a GPU, the addresses are the application's; a bad one faults.
     move || unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) }
 }
 
-fn copy(dst: u64, src: u64, bytes: usize, stream: CUstream, per_thread: bool, wait: bool) -> Outcome {
+fn copy(dst: (Side, u64), src: (Side, u64), bytes: usize, stream: CUstream, per_thread: bool, wait: bool) -> Outcome {
     current_device()?;
+    let (dst, src) = (dst.0.view(dst.1), src.0.view(src.1));
     submit(&stream_of(stream, per_thread)?, wait, copy_bytes(dst, src, bytes));
     Ok(())
 }
 
 fn memset(dst: u64, value: u32, width: usize, count: usize, stream: CUstream, per_thread: bool, wait: bool) -> Outcome {
     current_device()?;
+    let dst = memory::device_view(dst);
     submit(&stream_of(stream, per_thread)?, wait, move || {
         // SAFETY: as on a GPU, the address is the application's; a bad one faults.
         unsafe {
@@ -29,33 +56,33 @@ fn memset(dst: u64, value: u32, width: usize, count: usize, stream: CUstream, pe
 
 
 macro_rules! copy_entry {
-    ($name:ident, $ptname:ident, ($($arg:ident : $ty:ty),*), $dst:expr, $src:expr, $bytes:expr, $stream:expr, $wait:expr) => {
+    ($name:ident, $ptname:ident, ($($arg:ident : $ty:ty),*), $dkind:ident $dst:expr, $skind:ident $src:expr, $bytes:expr, $stream:expr, $wait:expr) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> CUresult {
-            entry(stringify!($name), true, || copy($dst as u64, $src as u64, $bytes, $stream, false, $wait))
+            entry(stringify!($name), true, || copy((Side::$dkind, $dst as u64), (Side::$skind, $src as u64), $bytes, $stream, false, $wait))
         }
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $ptname($($arg: $ty),*) -> CUresult {
-            entry(stringify!($ptname), true, || copy($dst as u64, $src as u64, $bytes, $stream, true, $wait))
+            entry(stringify!($ptname), true, || copy((Side::$dkind, $dst as u64), (Side::$skind, $src as u64), $bytes, $stream, true, $wait))
         }
     };
 }
 
 const NO_STREAM: CUstream = std::ptr::null_mut();
 
-copy_entry!(cuMemcpy, cuMemcpy_ptds, (dst: CUdeviceptr, src: CUdeviceptr, n: usize), dst, src, n, NO_STREAM, true);
-copy_entry!(cuMemcpyAsync, cuMemcpyAsync_ptsz, (dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream), dst, src, n, s, false);
-copy_entry!(cuMemcpyHtoD_v2, cuMemcpyHtoD_v2_ptds, (dst: CUdeviceptr, src: *const c_void, n: usize), dst, src, n, NO_STREAM, true);
-copy_entry!(cuMemcpyDtoH_v2, cuMemcpyDtoH_v2_ptds, (dst: *mut c_void, src: CUdeviceptr, n: usize), dst, src, n, NO_STREAM, true);
-copy_entry!(cuMemcpyDtoD_v2, cuMemcpyDtoD_v2_ptds, (dst: CUdeviceptr, src: CUdeviceptr, n: usize), dst, src, n, NO_STREAM, true);
-copy_entry!(cuMemcpyHtoDAsync_v2, cuMemcpyHtoDAsync_v2_ptsz, (dst: CUdeviceptr, src: *const c_void, n: usize, s: CUstream), dst, src, n, s, false);
-copy_entry!(cuMemcpyDtoHAsync_v2, cuMemcpyDtoHAsync_v2_ptsz, (dst: *mut c_void, src: CUdeviceptr, n: usize, s: CUstream), dst, src, n, s, false);
-copy_entry!(cuMemcpyDtoDAsync_v2, cuMemcpyDtoDAsync_v2_ptsz, (dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream), dst, src, n, s, false);
+copy_entry!(cuMemcpy, cuMemcpy_ptds, (dst: CUdeviceptr, src: CUdeviceptr, n: usize), Unified dst, Unified src, n, NO_STREAM, true);
+copy_entry!(cuMemcpyAsync, cuMemcpyAsync_ptsz, (dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream), Unified dst, Unified src, n, s, false);
+copy_entry!(cuMemcpyHtoD_v2, cuMemcpyHtoD_v2_ptds, (dst: CUdeviceptr, src: *const c_void, n: usize), Device dst, Host src, n, NO_STREAM, true);
+copy_entry!(cuMemcpyDtoH_v2, cuMemcpyDtoH_v2_ptds, (dst: *mut c_void, src: CUdeviceptr, n: usize), Host dst, Device src, n, NO_STREAM, true);
+copy_entry!(cuMemcpyDtoD_v2, cuMemcpyDtoD_v2_ptds, (dst: CUdeviceptr, src: CUdeviceptr, n: usize), Device dst, Device src, n, NO_STREAM, true);
+copy_entry!(cuMemcpyHtoDAsync_v2, cuMemcpyHtoDAsync_v2_ptsz, (dst: CUdeviceptr, src: *const c_void, n: usize, s: CUstream), Device dst, Host src, n, s, false);
+copy_entry!(cuMemcpyDtoHAsync_v2, cuMemcpyDtoHAsync_v2_ptsz, (dst: *mut c_void, src: CUdeviceptr, n: usize, s: CUstream), Host dst, Device src, n, s, false);
+copy_entry!(cuMemcpyDtoDAsync_v2, cuMemcpyDtoDAsync_v2_ptsz, (dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream), Device dst, Device src, n, s, false);
 
 fn peer_copy(dst: u64, dst_ctx: CUcontext, src: u64, src_ctx: CUcontext, n: usize, s: CUstream, per_thread: bool, wait: bool) -> Outcome {
     context_device(dst_ctx)?;
     context_device(src_ctx)?;
-    copy(dst, src, n, s, per_thread, wait)
+    copy((Side::Unified, dst), (Side::Unified, src), n, s, per_thread, wait)
 }
 
 #[unsafe(no_mangle)]

@@ -55,6 +55,15 @@ impl Kernel {
         }
     }
 
+    /// Offsets in the packed parameter buffer of the device pointers the kernel follows
+    /// (also those embedded in a struct parameter).
+    pub fn pointer_offsets(self) -> &'static [usize] {
+        match self {
+            Kernel::FillF32 | Kernel::ScaleF32 => &[0],
+            Kernel::SumF32 | Kernel::Copy | Kernel::StructCopy => &[0, 8],
+        }
+    }
+
     /// Bytes of the packed parameter buffer.
     pub fn param_bytes(self) -> usize {
         self.params().iter().map(|(o, s)| o + s).max().unwrap_or(0)

@@ -1,16 +1,19 @@
-//! Faithful memory: device addresses are host addresses.
+//! Faithful memory: a GPU's address space is not the CPU's.
 //!
-//! `cuMemAddressReserve` maps `PROT_NONE`; `cuMemCreate` makes a memfd; `cuMemMap` maps it
-//! `MAP_FIXED | MAP_SHARED` (so one physical allocation mapped twice aliases, as on a GPU);
-//! `cuMemSetAccess` sets the protection; `cuMemUnmap` returns the range to `PROT_NONE`.
-//! Touching an unmapped range faults, as a GPU's MMU would.
+//! `cuMemAddressReserve` maps `PROT_NONE` twice: the application's range, and a private
+//! *device view* of the same size. `cuMemCreate` makes a memfd; `cuMemMap` maps it
+//! `MAP_FIXED | MAP_SHARED` at both (so one physical allocation mapped twice aliases, as
+//! on a GPU), inaccessible. Granting a device access opens the device view, which the
+//! fake's kernels, copies and memsets use ([`device_view`]); granting the CPU access to
+//! host-located memory opens the application's range. So the CPU faults on device memory
+//! always, and on host memory until `cuMemSetAccess` grants it, as on a GPU; a kernel
+//! faults on memory no device was given access to. `cuMemAlloc` is a reservation with
+//! one device mapping. `cuMemUnmap` returns both views to `PROT_NONE`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
 use vvram_cuda::{CUresult, result};
 
-/// Physical allocation granularity, as on current NVIDIA GPUs.
-pub const GRANULARITY: u64 = 2 << 20;
 
 /// Where physical memory lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +29,7 @@ pub enum Place {
 pub struct Allocation {
     /// Bytes asked for.
     pub size: u64,
-    /// Bytes charged (rounded to the granularity).
+    /// Bytes reserved and mapped (rounded to the granularity).
     pub charged: u64,
     /// The device.
     pub device: usize,
@@ -51,6 +54,15 @@ pub struct Mapping {
     pub handle: u64,
     /// Where the physical memory lives.
     pub place: Place,
+    /// Where the device view maps it.
+    pub device_view: u64,
+}
+
+/// A `cuMemAddressReserve` range and its private device view.
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    size: u64,
+    device_view: u64,
 }
 
 #[derive(Default)]
@@ -58,7 +70,7 @@ struct State {
     device_used: Vec<u64>,
     host_used: u64,
     allocations: BTreeMap<u64, Allocation>,
-    reservations: BTreeMap<u64, u64>,
+    reservations: BTreeMap<u64, Reservation>,
     mappings: BTreeMap<u64, Mapping>,
     handles: HashMap<u64, PhysicalHandle>,
     next_id: u64,
@@ -75,8 +87,49 @@ fn state() -> &'static Mutex<State> {
     })
 }
 
-fn round_up(size: u64) -> u64 {
-    size.div_ceil(GRANULARITY) * GRANULARITY
+/// The allocation granularity of physical memory at `place`.
+pub fn granularity(place: Place) -> u64 {
+    let config = crate::config::config();
+    match place {
+        Place::Device(_) => config.granularity,
+        Place::Host => config.host_granularity,
+    }
+}
+
+/// The finest granularity of any place: reservations and mappings align to it.
+fn finest_granularity() -> u64 {
+    granularity(Place::Device(0)).min(granularity(Place::Host))
+}
+
+/// An address no CPU or device view maps: touching it faults.
+fn faulting(address: u64) -> u64 {
+    address & 0xFFF
+}
+
+/// The device view of `address` (what the fake's kernels and copies touch), for an
+/// address inside a reservation; otherwise an address that faults, as a GPU faults on
+/// memory outside its address space.
+pub fn device_view(address: u64) -> u64 {
+    device_view_of(address).unwrap_or_else(|| faulting(address))
+}
+
+/// The device view of a unified address: device memory through its view, anything else
+/// as host memory (a pageable or pinned host buffer of a unified copy).
+pub fn unified_view(address: u64) -> u64 {
+    device_view_of(address).unwrap_or(address)
+}
+
+fn device_view_of(address: u64) -> Option<u64> {
+    let state = state().lock().unwrap();
+    let (&base, r) = state.reservations.range(..=address).next_back()?;
+    (address < base + r.size).then_some(r.device_view + (address - base))
+}
+
+fn anonymous(hint: u64, len: u64, fixed: bool) -> Option<u64> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | if fixed { libc::MAP_FIXED } else { 0 };
+    // SAFETY: an anonymous PROT_NONE mapping; with MAP_FIXED only over our own ranges.
+    let raw = unsafe { libc::mmap(hint as *mut libc::c_void, len as usize, libc::PROT_NONE, flags, -1, 0) };
+    (raw != libc::MAP_FAILED).then_some(raw as u64)
 }
 
 fn charge(state: &mut State, place: Place, bytes: u64) -> Result<(), CUresult> {
@@ -110,43 +163,43 @@ pub fn device_used(device: usize) -> u64 {
     state().lock().unwrap().device_used[device]
 }
 
-/// `cuMemAlloc`: readable and writable memory charged to `device`.
+/// `cuMemAlloc`: a reservation with one device-located mapping that `device` may read
+/// and write (the CPU may not).
 pub fn allocate(device: usize, size: u64) -> Result<u64, CUresult> {
     if size == 0 {
         return Err(result::INVALID_VALUE);
     }
-    let charged = round_up(size);
-    let mut state = state().lock().unwrap();
-    charge(&mut state, Place::Device(device), charged)?;
-    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-    let address = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            charged as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
+    let charged = size.next_multiple_of(granularity(Place::Device(device)));
+    let address = reserve(charged, 0, 0)?;
+    let handle = match create(charged, Place::Device(device)) {
+        Ok(handle) => handle,
+        Err(code) => {
+            let _ = release_reservation(address, charged);
+            return Err(code);
+        }
     };
-    if address == libc::MAP_FAILED {
-        refund(&mut state, Place::Device(device), charged);
-        return Err(result::OUT_OF_MEMORY);
+    let mapped = map(address, charged, 0, handle).and_then(|()| set_access(address, charged, Some(READ_WRITE), None));
+    let _ = release(handle);
+    if let Err(code) = mapped {
+        let _ = unmap(address, charged);
+        let _ = release_reservation(address, charged);
+        return Err(code);
     }
+    let mut state = state().lock().unwrap();
     let id = state.next_id;
     state.next_id += 1;
-    state.allocations.insert(address as u64, Allocation { size, charged, device, id });
-    Ok(address as u64)
+    state.allocations.insert(address, Allocation { size, charged, device, id });
+    Ok(address)
 }
+
+/// `PROT_READ | PROT_WRITE`.
+pub const READ_WRITE: i32 = libc::PROT_READ | libc::PROT_WRITE;
 
 /// `cuMemFree`: the allocation starting at `address`.
 pub fn free(address: u64) -> Result<(), CUresult> {
-    let mut state = state().lock().unwrap();
-    let allocation = state.allocations.remove(&address).ok_or(result::INVALID_VALUE)?;
-    // SAFETY: the range is the mapping `allocate` made.
-    unsafe { libc::munmap(address as *mut libc::c_void, allocation.charged as usize) };
-    refund(&mut state, Place::Device(allocation.device), allocation.charged);
-    Ok(())
+    let allocation = state().lock().unwrap().allocations.remove(&address).ok_or(result::INVALID_VALUE)?;
+    unmap(address, allocation.charged)?;
+    release_reservation(address, allocation.charged)
 }
 
 /// The `cuMemAlloc` allocation containing `address`: its base and description.
@@ -163,31 +216,19 @@ pub fn mapping_containing(address: u64) -> Option<(u64, Mapping)> {
     (address < base + mapping.size).then_some((base, mapping))
 }
 
-/// `cuMemAddressReserve`: an inaccessible range, aligned as asked.
+/// `cuMemAddressReserve`: an inaccessible range, aligned as asked, and its device view.
 pub fn reserve(size: u64, alignment: u64, hint: u64) -> Result<u64, CUresult> {
-    if size == 0 || !size.is_multiple_of(GRANULARITY) {
+    let finest = finest_granularity();
+    if size == 0 || !size.is_multiple_of(finest) {
         return Err(result::INVALID_VALUE);
     }
-    let alignment = alignment.max(GRANULARITY);
+    let alignment = alignment.max(finest);
     if !alignment.is_power_of_two() {
         return Err(result::INVALID_VALUE);
     }
     let span = size + alignment;
-    // SAFETY: a fresh PROT_NONE mapping; the hint is only a hint (no MAP_FIXED).
-    let raw = unsafe {
-        libc::mmap(
-            hint as *mut libc::c_void,
-            span as usize,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(result::OUT_OF_MEMORY);
-    }
-    let raw = raw as u64;
+    // The hint is only a hint (no MAP_FIXED).
+    let raw = anonymous(hint, span, false).ok_or(result::OUT_OF_MEMORY)?;
     let start = raw.next_multiple_of(alignment);
     // SAFETY: trimming the parts of our own mapping outside [start, start + size).
     unsafe {
@@ -199,29 +240,40 @@ pub fn reserve(size: u64, alignment: u64, hint: u64) -> Result<u64, CUresult> {
             libc::munmap(end as *mut libc::c_void, (raw + span - end) as usize);
         }
     }
-    state().lock().unwrap().reservations.insert(start, size);
+    let Some(device_view) = anonymous(0, size, false) else {
+        // SAFETY: the range just made.
+        unsafe { libc::munmap(start as *mut libc::c_void, size as usize) };
+        return Err(result::OUT_OF_MEMORY);
+    };
+    state().lock().unwrap().reservations.insert(start, Reservation { size, device_view });
     Ok(start)
 }
 
 /// `cuMemAddressFree`: the whole reservation, which must have no mappings left.
 pub fn release_reservation(address: u64, size: u64) -> Result<(), CUresult> {
     let mut state = state().lock().unwrap();
-    if state.reservations.get(&address) != Some(&size) {
-        return Err(result::INVALID_VALUE);
-    }
+    let reservation = state.reservations.get(&address).copied().filter(|r| r.size == size).ok_or(result::INVALID_VALUE)?;
     if state.mappings.range(address..address + size).next().is_some() {
         return Err(result::INVALID_VALUE);
     }
     state.reservations.remove(&address);
-    // SAFETY: the reservation's own PROT_NONE range.
-    unsafe { libc::munmap(address as *mut libc::c_void, size as usize) };
+    // SAFETY: the reservation's own PROT_NONE ranges.
+    unsafe {
+        libc::munmap(address as *mut libc::c_void, size as usize);
+        libc::munmap(reservation.device_view as *mut libc::c_void, size as usize);
+    }
     Ok(())
 }
 
 /// `cuMemCreate`: physical memory at `place`, backed by a memfd.
 pub fn create(size: u64, place: Place) -> Result<u64, CUresult> {
-    if size == 0 || !size.is_multiple_of(GRANULARITY) {
+    if size == 0 || !size.is_multiple_of(granularity(place)) {
         return Err(result::INVALID_VALUE);
+    }
+    let rate = crate::config::config().pin_bytes_per_second;
+    if place == Place::Host && rate > 0 {
+        // Pinning host memory is slow on the driver (3.4-5 GB/s): taken outside any lock.
+        std::thread::sleep(std::time::Duration::from_secs_f64(size as f64 / rate as f64));
     }
     let mut state = state().lock().unwrap();
     charge(&mut state, place, size)?;
@@ -261,21 +313,22 @@ pub fn release(handle: u64) -> Result<(), CUresult> {
     Ok(())
 }
 
-/// `cuMemMap`: maps `size` bytes of `handle` from `offset` at `address`, inaccessible
-/// until `cuMemSetAccess`.
+/// `cuMemMap`: maps `size` bytes of `handle` from `offset` at `address` and at its
+/// device view, both inaccessible until `cuMemSetAccess`.
 pub fn map(address: u64, size: u64, offset: u64, handle: u64) -> Result<(), CUresult> {
     let mut state = state().lock().unwrap();
-    if size == 0 || !address.is_multiple_of(GRANULARITY) || !size.is_multiple_of(GRANULARITY) || !offset.is_multiple_of(GRANULARITY) {
+    let place = state.handles.get(&handle).ok_or(result::INVALID_HANDLE)?.place;
+    let g = granularity(place);
+    if size == 0 || !address.is_multiple_of(g) || !size.is_multiple_of(g) || !offset.is_multiple_of(g) {
         return Err(result::INVALID_VALUE);
     }
-    let inside = state
+    let device_view = state
         .reservations
         .range(..=address)
         .next_back()
-        .is_some_and(|(&base, &len)| address + size <= base + len);
-    if !inside {
-        return Err(result::INVALID_VALUE);
-    }
+        .filter(|(base, r)| address + size <= *base + r.size)
+        .map(|(base, r)| r.device_view + (address - base))
+        .ok_or(result::INVALID_VALUE)?;
     let overlaps = state
         .mappings
         .range(..address + size)
@@ -288,23 +341,19 @@ pub fn map(address: u64, size: u64, offset: u64, handle: u64) -> Result<(), CUre
     if physical.released || offset + size > physical.size {
         return Err(result::INVALID_VALUE);
     }
-    // SAFETY: the range lies inside our own reservation and overlaps no mapping.
-    let mapped = unsafe {
-        libc::mmap(
-            address as *mut libc::c_void,
-            size as usize,
-            libc::PROT_NONE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            physical.fd,
-            offset as libc::off_t,
-        )
-    };
-    if mapped == libc::MAP_FAILED {
-        return Err(result::OUT_OF_MEMORY);
+    for at in [address, device_view] {
+        // SAFETY: the range lies inside our own reservation (or its view) and overlaps no mapping.
+        let mapped = unsafe {
+            libc::mmap(at as *mut libc::c_void, size as usize, libc::PROT_NONE, libc::MAP_SHARED | libc::MAP_FIXED, physical.fd, offset as libc::off_t)
+        };
+        if mapped == libc::MAP_FAILED {
+            anonymous(address, size, true);
+            anonymous(device_view, size, true);
+            return Err(result::OUT_OF_MEMORY);
+        }
     }
     physical.mappings += 1;
-    let place = physical.place;
-    state.mappings.insert(address, Mapping { size, handle, place });
+    state.mappings.insert(address, Mapping { size, handle, place, device_view });
     Ok(())
 }
 
@@ -323,16 +372,10 @@ pub fn unmap(address: u64, size: u64) -> Result<(), CUresult> {
     if inside.is_empty() || !starts_clean || !ends_clean || covered != size {
         return Err(result::INVALID_VALUE);
     }
-    // SAFETY: back to PROT_NONE reserved space over our own mappings.
-    unsafe {
-        libc::mmap(
-            address as *mut libc::c_void,
-            size as usize,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            -1,
-            0,
-        );
+    for (base, mapping) in &inside {
+        // Back to PROT_NONE reserved space over our own mappings, in both views.
+        anonymous(*base, mapping.size, true);
+        anonymous(mapping.device_view, mapping.size, true);
     }
     for (base, mapping) in inside {
         state.mappings.remove(&base);
@@ -344,9 +387,15 @@ pub fn unmap(address: u64, size: u64) -> Result<(), CUresult> {
     Ok(())
 }
 
-/// `cuMemSetAccess`: the range must be mapped throughout.
-pub fn set_access(address: u64, size: u64, protection: i32) -> Result<(), CUresult> {
+/// The places of the physical memory mapped over `[address, address + size)`, which
+/// must be mapped throughout, within one reservation.
+pub fn places(address: u64, size: u64) -> Result<Vec<Place>, CUresult> {
     let state = state().lock().unwrap();
+    let within = state.reservations.range(..=address).next_back().is_some_and(|(base, r)| address + size <= base + r.size);
+    if size == 0 || !within {
+        return Err(result::INVALID_VALUE);
+    }
+    let mut places = Vec::new();
     let mut cursor = address;
     while cursor < address + size {
         let Some((&base, m)) = state.mappings.range(..=cursor).next_back() else {
@@ -355,11 +404,24 @@ pub fn set_access(address: u64, size: u64, protection: i32) -> Result<(), CUresu
         if base + m.size <= cursor {
             return Err(result::INVALID_VALUE);
         }
+        places.push(m.place);
         cursor = base + m.size;
     }
-    // SAFETY: the range is mapped by us throughout.
-    if unsafe { libc::mprotect(address as *mut libc::c_void, size as usize, protection) } != 0 {
-        return Err(result::INVALID_VALUE);
+    Ok(places)
+}
+
+/// `cuMemSetAccess` once checked: the devices' protection goes to the device view, the
+/// CPU's to the application's range; `None` leaves that side as it was.
+pub fn set_access(address: u64, size: u64, device: Option<i32>, cpu: Option<i32>) -> Result<(), CUresult> {
+    places(address, size)?;
+    let view = device_view_of(address).ok_or(result::INVALID_VALUE)?;
+    for (at, protection) in [(view, device), (address, cpu)] {
+        if let Some(protection) = protection {
+            // SAFETY: the range is mapped by us throughout.
+            if unsafe { libc::mprotect(at as *mut libc::c_void, size as usize, protection) } != 0 {
+                return Err(result::INVALID_VALUE);
+            }
+        }
     }
     Ok(())
 }

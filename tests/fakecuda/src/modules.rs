@@ -164,13 +164,18 @@ unsafe fn pack_params(kernel: Kernel, params: *mut *mut c_void, extra: *mut *mut
 unsafe fn launch(function: CUfunction, stream: CUstream, per_thread: bool, params: *mut *mut c_void, extra: *mut *mut c_void) -> Outcome {
     current_device()?;
     let (kernel, _) = kernel_of(function)?;
-    let packed = unsafe { pack_params(kernel, params, extra)? };
+    let mut packed = unsafe { pack_params(kernel, params, extra)? };
+    // The kernel reaches memory as a GPU does: through the device view only.
+    for &offset in kernel.pointer_offsets() {
+        let word = u64::from_ne_bytes(packed[offset..offset + 8].try_into().map_err(|_| result::UNKNOWN)?);
+        packed[offset..offset + 8].copy_from_slice(&memory::device_view(word).to_ne_bytes());
+    }
     let delay = config().kernel_us;
     submit(&stream_of(stream, per_thread)?, false, move || {
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_micros(delay));
         }
-        // SAFETY: as on a GPU, the kernel's addresses are the application's.
+        // SAFETY: the kernel's addresses are device views; a bad one faults, as on a GPU.
         unsafe { kernel.run(&packed) };
     });
     Ok(())

@@ -75,6 +75,43 @@ fn contexts_synchronise_separately_and_cuda_13_variants_take_a_context() {
 }
 
 #[test]
+fn the_driver_s_refusals_are_the_fake_s() {
+    assert!(passes(&["refusals"], &[]).contains("ok: cuMemCreate and cuMemSetAccess refuse"));
+    let stdout = passes(&["refusals"], &[("FAKECUDA_PEERS", "none")]);
+    assert!(stdout.contains("ok: cuMemCreate and cuMemSetAccess refuse"), "{stdout}");
+}
+
+#[test]
+fn the_cpu_faults_on_memory_a_gpu_keeps_from_it() {
+    for what in ["device", "vmm-device", "vmm-host"] {
+        let out = exercise(&["cpu-touch", what], &[]);
+        assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{what}: {}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("touching {what} memory")), "{}", describe(&out));
+    }
+}
+
+#[test]
+fn host_access_takes_the_location_types_the_driver_takes() {
+    let out = exercise(&["stitched"], &[("FAKECUDA_HOST_ACCESS", "host-numa")]);
+    assert!(!out.status.success(), "HOST refused for CPU access must fail the stitched scenario: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cuMemSetAccess failed: 1"), "{}", describe(&out));
+}
+
+#[test]
+fn pinning_host_memory_costs_time() {
+    let stdout = passes(&["pin-cost"], &[("FAKECUDA_PIN_GBPS", "0.5")]);
+    let ms: f64 = stdout.split("in ").nth(1).and_then(|r| r.split(' ').next()).and_then(|v| v.parse().ok()).unwrap();
+    assert!(ms >= 64.0 * 1.048576 / 0.5 * 0.99, "64 MiB pinned at 0.5 GB/s in {ms} ms: {stdout}");
+}
+
+#[test]
+fn granularities_come_from_the_configuration() {
+    let out = exercise(&["stitched"], &[("FAKECUDA_HOST_GRANULARITY", "4MiB")]);
+    assert!(!out.status.success(), "a 2 MiB host chunk where the host granularity is 4 MiB must be refused: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cuMemCreate failed: 1"), "{}", describe(&out));
+}
+
+#[test]
 fn configured_devices_and_peers_are_listed() {
     let stdout = passes(&["devices"], &[("FAKECUDA_DEVICES", "1GiB,2GiB,3GiB"), ("FAKECUDA_PEERS", "0-1")]);
     assert!(stdout.contains("device 0: fakecuda GPU, 1024 MiB, peers [0 1 0]"), "{stdout}");

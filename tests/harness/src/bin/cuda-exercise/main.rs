@@ -386,6 +386,115 @@ fn contexts(s: &Session) -> Checked {
     Ok(())
 }
 
+/// A raw call's result code, for checks that expect an error.
+macro_rules! code {
+    ($s:expr, $name:ident ( $($arg:expr),* $(,)? )) => {
+        $s.cuda.api.$name.map_or(result::NOT_FOUND, |f| unsafe { f($($arg),*) })
+    };
+}
+
+fn expect(what: &str, code: CUresult, wanted: CUresult) -> Checked {
+    ensure(code == wanted, || format!("{what} gave {code}, the driver gives {wanted}"))
+}
+
+fn access(type_: c_uint, id: c_int) -> CUmemAccessDesc {
+    CUmemAccessDesc { location: CUmemLocation { type_, id }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE }
+}
+
+/// A granularity-sized mapping of memory at a location, reserved and mapped (no access yet).
+fn mapped(s: &Session, type_: c_uint, id: c_int) -> Checked<(u64, usize, u64)> {
+    let prop = prop_for(type_, id);
+    let mut granularity = 0usize;
+    cu!(s.cuda, cuMemGetAllocationGranularity(&mut granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM))?;
+    let (mut handle, mut base) = (0, 0u64);
+    cu!(s.cuda, cuMemCreate(&mut handle, granularity, &prop, 0))?;
+    cu!(s.cuda, cuMemAddressReserve(&mut base, granularity, 0, 0, 0))?;
+    cu!(s.cuda, cuMemMap(base, granularity, 0, handle, 0))?;
+    Ok((base, granularity, handle))
+}
+
+/// What the driver refuses, the fake refuses: location types, ids, flags and handle types
+/// in cuMemCreate; host access to device memory and peer access without a peer link in
+/// cuMemSetAccess; what pointer queries say of host-located VMM memory.
+fn refusals(s: &Session) -> Checked {
+    let mut handle = 0;
+    let mut granularity = 0usize;
+    let host_numa = prop_for(CU_MEM_LOCATION_TYPE_HOST_NUMA, 0);
+    expect("cuMemCreate(HOST_NUMA_CURRENT)", code!(s, cuMemCreate(&mut handle, 2 * MIB, &prop_for(CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, 0), 0)), result::INVALID_VALUE)?;
+    expect("cuMemCreate(HOST_NUMA node 7)", code!(s, cuMemCreate(&mut handle, 2 * MIB, &prop_for(CU_MEM_LOCATION_TYPE_HOST_NUMA, 7), 0)), result::INVALID_VALUE)?;
+    expect("cuMemCreate(device -1)", code!(s, cuMemCreate(&mut handle, 2 * MIB, &prop_for(CU_MEM_LOCATION_TYPE_DEVICE, -1), 0)), result::INVALID_DEVICE)?;
+    expect("cuMemCreate(flags 1)", code!(s, cuMemCreate(&mut handle, 2 * MIB, &host_numa, 1)), result::INVALID_VALUE)?;
+    let mut win32 = host_numa;
+    win32.requestedHandleTypes = 0x2;
+    expect("cuMemCreate(WIN32 handle on Linux)", code!(s, cuMemCreate(&mut handle, 2 * MIB, &win32, 0)), result::INVALID_VALUE)?;
+    let mut shared_host = prop_for(CU_MEM_LOCATION_TYPE_HOST, 0);
+    shared_host.requestedHandleTypes = 0x1;
+    expect("cuMemCreate(HOST with a POSIX fd handle)", code!(s, cuMemCreate(&mut handle, 2 * MIB, &shared_host, 0)), result::INVALID_VALUE)?;
+    expect("cuMemGetAllocationGranularity(HOST_NUMA_CURRENT)", code!(s, cuMemGetAllocationGranularity(&mut granularity, &prop_for(CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, 0), 0)), result::INVALID_VALUE)?;
+
+    let (device_base, size, device_handle) = mapped(s, CU_MEM_LOCATION_TYPE_DEVICE, 0)?;
+    let cpu = [access(CU_MEM_LOCATION_TYPE_HOST_NUMA, 0)];
+    expect("host access to device memory", code!(s, cuMemSetAccess(device_base, size, cpu.as_ptr(), 1)), result::INVALID_VALUE)?;
+    expect("access for device -1", code!(s, cuMemSetAccess(device_base, size, &access(CU_MEM_LOCATION_TYPE_DEVICE, -1), 1)), result::INVALID_DEVICE)?;
+    expect("access for HOST_NUMA_CURRENT", code!(s, cuMemSetAccess(device_base, size, &access(CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, 0), 1)), result::INVALID_VALUE)?;
+    if s.device_count()? >= 2 {
+        let mut can = 0;
+        cu!(s.cuda, cuDeviceCanAccessPeer(&mut can, 1, 0))?;
+        let peer = code!(s, cuMemSetAccess(device_base, size, &access(CU_MEM_LOCATION_TYPE_DEVICE, 1), 1));
+        expect("peer access from device 1", peer, if can == 1 { result::SUCCESS } else { result::INVALID_DEVICE })?;
+    }
+    let (host_base, _, host_handle) = mapped(s, CU_MEM_LOCATION_TYPE_HOST_NUMA, 0)?;
+    let mut kind: c_uint = 0;
+    cu!(s.cuda, cuPointerGetAttribute(&mut kind as *mut c_uint as *mut c_void, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, host_base))?;
+    expect("MEMORY_TYPE of host-located VMM memory", kind, CU_MEMORYTYPE_HOST)?;
+    cu!(s.cuda, cuPointerGetAttribute(&mut kind as *mut c_uint as *mut c_void, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, device_base))?;
+    expect("MEMORY_TYPE of device-located VMM memory", kind, CU_MEMORYTYPE_DEVICE)?;
+    cu!(s.cuda, cuMemSetAccess(host_base, size, cpu.as_ptr(), 1))?;
+    for (base, handle) in [(device_base, device_handle), (host_base, host_handle)] {
+        cu!(s.cuda, cuMemUnmap(base, size))?;
+        cu!(s.cuda, cuMemRelease(handle))?;
+        cu!(s.cuda, cuMemAddressFree(base, size))?;
+    }
+    println!("ok: cuMemCreate and cuMemSetAccess refuse what the driver refuses; host VMM memory is HOST");
+    Ok(())
+}
+
+/// The CPU touches memory it may not: `device` (cuMemAlloc), `vmm-device` (a device-located
+/// mapping with device access), `vmm-host` (a host-located mapping before host access).
+/// On a GPU each is a segmentation fault; so on the fake driver.
+fn cpu_touch(s: &Session, what: &str) -> Checked {
+    let address = match what {
+        "device" => {
+            let mut p = 0u64;
+            cu!(s.cuda, cuMemAlloc_v2(&mut p, MIB))?;
+            p
+        }
+        "vmm-device" | "vmm-host" => {
+            let type_ = if what == "vmm-device" { CU_MEM_LOCATION_TYPE_DEVICE } else { CU_MEM_LOCATION_TYPE_HOST_NUMA };
+            let (base, size, _) = mapped(s, type_, 0)?;
+            cu!(s.cuda, cuMemSetAccess(base, size, &access(CU_MEM_LOCATION_TYPE_DEVICE, 0), 1))?;
+            base
+        }
+        other => return Err(Failure(format!("cpu-touch `{other}`: expected device, vmm-device or vmm-host"))),
+    };
+    println!("touching {what} memory at {address:#x} with the CPU");
+    // SAFETY: none: the point is that this faults.
+    let value = unsafe { (address as *const u32).read_volatile() };
+    Err(Failure(format!("the CPU read {value} from {what} memory without a fault")))
+}
+
+/// Host-located `cuMemCreate` costs what pinning costs (FAKECUDA_PIN_GBPS on the fake).
+fn pin_cost(s: &Session) -> Checked {
+    let size = 64 * MIB;
+    let started = Instant::now();
+    let mut handle = 0;
+    cu!(s.cuda, cuMemCreate(&mut handle, size, &prop_for(CU_MEM_LOCATION_TYPE_HOST_NUMA, 0), 0))?;
+    let took = started.elapsed();
+    cu!(s.cuda, cuMemRelease(handle))?;
+    println!("pinned {} MiB in {:.1} ms", size / MIB, took.as_secs_f64() * 1000.0);
+    Ok(())
+}
+
 /// Calls cuMemCreate N times and prints each result (for fault injection tests).
 fn create_calls(s: &Session, count: usize) -> Checked {
     let mut codes = Vec::new();
@@ -420,6 +529,9 @@ fn run(args: &[String]) -> Checked {
         "oom" => oom(&s)?,
         "params" => params(&s)?,
         "contexts" => contexts(&s)?,
+        "refusals" => refusals(&s)?,
+        "cpu-touch" => cpu_touch(&s, args.get(1).map_or("", String::as_str))?,
+        "pin-cost" => pin_cost(&s)?,
         "spread" => shim::spread(&s)?,
         "threads" => shim::threads(&s)?,
         "h2d" => shim::h2d(&s)?,
@@ -434,7 +546,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())
