@@ -1,11 +1,10 @@
 //! `vvram demo`: a workload well past a small local budget, run under libvvram.so on the
 //! real driver when there is one, else on the bundled fake driver.
 
-use crate::run::shim_library;
+use crate::locate;
 use clap::Args;
 use std::collections::BTreeMap;
 use std::ffi::{CString, c_uint, c_void};
-use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 use vvram_cuda::{CUfunction, Driver, kernels};
@@ -15,7 +14,7 @@ use vvram_stats::{Snapshot, StatsJsonFn, control_api_json};
 /// Run the demo: allocate about 4x a small local budget under libvvram.so, compute on it,
 /// check every result, and show where each byte lived and how fast it moved.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  vvram demo\n  vvram demo --fake\n\nUses the CUDA driver when one is installed, else the fake driver built beside vvram\n(libfakecuda.so, or VVRAM_FAKECUDA). Exit codes: 0 all checks passed; 1 a check failed or\nsomething needed is missing.")]
+#[command(after_help = "Examples:\n  vvram demo\n  vvram demo --fake\n\nUses the CUDA driver when one is installed, else the fake driver (libfakecuda.so: VVRAM_FAKECUDA,\nelse found as libvvram.so is, see `vvram run --help`). Exit codes: 0 all checks passed; 1 a check failed or\nsomething needed is missing.")]
 pub struct DemoArgs {
     /// Use the fake driver even when a real one is installed.
     #[arg(long)]
@@ -25,18 +24,6 @@ pub struct DemoArgs {
 /// The demo's policies: a budget small enough that most of the data lands on the host.
 const REAL_POLICY: &str = "# vvram demo on a real GPU\n[[device]]\nindex = 0\nlocal_budget = \"1GiB\"\ndonors = [{ tier = \"host\", capacity = \"3GiB\" }]\n[host_pool]\npin_ahead = \"256MiB\"\n";
 const FAKE_POLICY: &str = "# vvram demo on the fake driver\n[[device]]\nindex = 0\nlocal_budget = \"256MiB\"\ndonors = [{ tier = \"host\", capacity = \"768MiB\" }]\n[host_pool]\npin_ahead = \"64MiB\"\n";
-
-fn fake_driver_library() -> Result<PathBuf, String> {
-    if let Ok(path) = std::env::var("VVRAM_FAKECUDA") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    [dir.join("libfakecuda.so"), dir.join("deps/libfakecuda.so"), dir.join("../lib/libfakecuda.so")]
-        .into_iter()
-        .find(|p| p.exists())
-        .ok_or_else(|| format!("no CUDA driver here and no fake driver (libfakecuda.so) beside {}: build it with `cargo build`", exe.display()))
-}
 
 /// Runs `vvram demo`: prepares the environment and runs the workload in a child process
 /// under libvvram.so.
@@ -57,7 +44,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
 }
 
 fn prepare(args: &DemoArgs) -> Result<Command, String> {
-    let library = shim_library()?;
+    let library = locate::find(&locate::SHIM)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let fake = args.fake || Driver::open().is_err();
     let dir = std::env::temp_dir().join(format!("vvram-demo-{}", std::process::id()));
@@ -69,7 +56,7 @@ fn prepare(args: &DemoArgs) -> Result<Command, String> {
     if fake {
         let link = dir.join("libcuda.so.1");
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(fake_driver_library()?, &link).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(locate::find(&locate::FAKE_DRIVER)?, &link).map_err(|e| e.to_string())?;
         let path = match std::env::var("LD_LIBRARY_PATH") {
             Ok(old) if !old.is_empty() => format!("{}:{old}", dir.display()),
             _ => dir.display().to_string(),

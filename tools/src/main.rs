@@ -9,6 +9,7 @@ mod demo;
 mod devices;
 mod explain;
 mod load;
+mod locate;
 mod run;
 mod stats;
 

@@ -1,6 +1,7 @@
 //! `vvram run`: start a command under libvvram.so with a checked policy.
 
 use crate::load::{PolicySource, load_policy};
+use crate::locate;
 use clap::Args;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use std::process::{Command, ExitCode};
 ///
 /// The command replaces vvram (exec): its exit code and signals are its own.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  vvram run --policy examples/policies/flux-dev-24gb.toml -- python main.py --disable-dynamic-vram\n  vvram run --alloc \"cuda:0,20gb;cpu,*\" -- python my_script.py\n\nExit codes: the command's own; 2 invalid policy; 1 libvvram.so not found; 127 the command cannot be run.\nlibvvram.so is taken from VVRAM_LIB, else beside the vvram binary (or ../lib).")]
+#[command(after_help = "Examples:\n  vvram run --policy examples/policies/flux-dev-24gb.toml -- python main.py --disable-dynamic-vram\n  vvram run --alloc \"cuda:0,20gb;cpu,*\" -- python my_script.py\n\nExit codes: the command's own; 2 invalid policy; 1 libvvram.so not found; 127 the command cannot be run.\nlibvvram.so is taken from VVRAM_LIB, else beside the vvram binary (or ../lib), else from the
+vvram Python package that `pip install vvram` installed with this binary.")]
 pub struct RunArgs {
     /// Policy file (TOML).
     #[arg(long, conflicts_with = "alloc", required_unless_present = "alloc")]
@@ -21,20 +23,6 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
-}
-
-/// Where libvvram.so is: `VVRAM_LIB`, else beside the binary, else `../lib`.
-pub fn shim_library() -> Result<PathBuf, String> {
-    if let Ok(path) = std::env::var("VVRAM_LIB") {
-        let path = PathBuf::from(path);
-        return if path.exists() { Ok(path) } else { Err(format!("VVRAM_LIB={} does not exist", path.display())) };
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the vvram binary: {e}"))?;
-    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    [dir.join("libvvram.so"), dir.join("../lib/libvvram.so")]
-        .into_iter()
-        .find(|p| p.exists())
-        .ok_or_else(|| format!("cannot find libvvram.so beside {} (build it with `cargo build`, or set VVRAM_LIB)", exe.display()))
 }
 
 /// Runs `vvram run`.
@@ -48,7 +36,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         eprintln!("vvram run: refusing to start with an invalid policy");
         return ExitCode::from(2);
     }
-    let library = match shim_library() {
+    let library = match locate::find(&locate::SHIM) {
         Ok(library) => library,
         Err(message) => {
             eprintln!("vvram run: {message}");
