@@ -55,13 +55,22 @@ pub fn parse_allocation(
     start: Location,
 ) -> Result<Allocation, PolicyError> {
     let error = |at: Location, message: String| PolicyError::new(origin, at, message);
+    if let Some((column, c)) = text.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return Err(error(
+            start.advanced(column),
+            format!("control character {} in the allocation string: it is one line of `device,value` entries", c.escape_default()),
+        ));
+    }
     let mut entries = Vec::new();
-    let mut offset = 0;
+    let mut chars_before = 0;
     for piece in text.split(';') {
-        let piece_at = start.advanced(text[..offset].chars().count());
-        offset += piece.len() + 1;
+        let piece_at = start.advanced(chars_before);
+        chars_before += piece.chars().count() + 1;
         if piece.trim().is_empty() {
             continue;
+        }
+        if entries.len() == crate::MAX_DEVICES + 1 {
+            return Err(error(piece_at, format!("more than {} entries: one per device at most", crate::MAX_DEVICES + 1)));
         }
         let Some((device_name, value)) = piece.split_once(',') else {
             return Err(error(
@@ -146,8 +155,12 @@ fn parse_value(entry: &Entry, mode: Mode) -> Result<Amount, String> {
             }
         }
         Mode::Bytes => {
-            if value.contains('*') {
-                return Ok(Amount::Rest);
+            if let Some(size) = value.strip_suffix('*') {
+                // DisTorch2's `5gb*`: the size before the `*` is ignored, but must be one.
+                return match parse_size(size) {
+                    Ok(_) => Ok(Amount::Rest),
+                    Err(e) => Err(format!("`{name},{value}`: expected `*` or a size followed by `*` (`5gb*`): {e}")),
+                };
             }
             match parse_size(value) {
                 Ok(0) => Err(format!("`{name},{value}`: a size must be greater than zero")),
@@ -247,5 +260,33 @@ mod tests {
         assert!(e.message.contains("twice"), "{e}");
         let e = parse("cuda:0").unwrap_err();
         assert!(e.message.contains("device,value"), "{e}");
+    }
+
+    #[test]
+    fn only_a_size_may_stand_before_the_rest() {
+        let e = parse("cuda:0,garbage*").unwrap_err();
+        assert!(e.message.contains("a size followed by `*`"), "{e}");
+        let e = parse("cuda:0,1gb;cpu,**").unwrap_err();
+        assert_eq!(e.location.column, 16);
+        assert_eq!(donors(&parse("cuda:0,1gb;cpu,5gb*").unwrap()), vec![(Tier::Host, Amount::Rest)]);
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let e = parse("cuda:0,1gb;\ncpu,*").unwrap_err();
+        assert_eq!(e.location.column, 12);
+        assert!(e.message.contains("control character \\n"), "{e}");
+        assert!(parse("cuda:0,1gb\u{1b}[2J").is_err());
+    }
+
+    #[test]
+    fn long_strings_are_parsed_in_linear_time() {
+        let e = parse(&"cpu,1gb;".repeat(200_000)).unwrap_err();
+        assert!(e.message.contains("named twice"), "{e}");
+        let many: String = (1..400).map(|n| format!("cuda:{n},1gb;")).collect();
+        let e = parse(&format!("cuda:0,1gb;{many}")).unwrap_err();
+        assert!(e.message.contains("more than 257 entries"), "{e}");
+        let e = parse(&format!("{}cuda:0,1xb", ";".repeat(500_000))).unwrap_err();
+        assert_eq!(e.location.column, 500_001 + 7);
     }
 }

@@ -14,16 +14,42 @@ pub struct Location {
 impl Location {
     /// The location of byte `offset` in `text`.
     pub fn of_offset(text: &str, offset: usize) -> Location {
-        let offset = offset.min(text.len());
-        let before = &text[..floor_char_boundary(text, offset)];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        Location { line, column: before[line_start..].chars().count() + 1 }
+        LineIndex::new(text).locate(text, offset)
     }
 
     /// The location `chars` characters further along the same line.
     pub fn advanced(self, chars: usize) -> Location {
         Location { line: self.line, column: self.column + chars }
+    }
+}
+
+/// Locations of byte offsets in one text, each found in logarithmic time: a policy with
+/// thousands of located items must not cost a scan of the text per item.
+pub(crate) struct LineIndex {
+    /// Byte offset where each line starts.
+    starts: Vec<usize>,
+    /// Byte offset of every character, when the text is not ASCII (else bytes are characters).
+    chars: Option<Vec<usize>>,
+}
+
+impl LineIndex {
+    /// Indexes `text`.
+    pub(crate) fn new(text: &str) -> LineIndex {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let chars = (!text.is_ascii()).then(|| text.char_indices().map(|(i, _)| i).collect());
+        LineIndex { starts, chars }
+    }
+
+    /// The location of byte `offset` (clamped to the text, rounded down to a character).
+    pub(crate) fn locate(&self, text: &str, offset: usize) -> Location {
+        let offset = floor_char_boundary(text, offset.min(text.len()));
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let line_start = self.starts[line - 1];
+        let column = match &self.chars {
+            None => offset - line_start,
+            Some(chars) => chars.partition_point(|&c| c < offset) - chars.partition_point(|&c| c < line_start),
+        };
+        Location { line, column: column + 1 }
     }
 }
 

@@ -6,10 +6,12 @@
 //! rules that pick the tier order per allocation. It is written in TOML or, for a
 //! device's budget and donors, as a DisTorch2 allocation string. This crate parses,
 //! validates (every error names file, line and column) and resolves a policy against a
-//! [`Machine`] into a [`Plan`] in bytes. It is pure: no CUDA, no I/O.
+//! [`Machine`] into a [`Plan`] in bytes. It is pure: no CUDA, and no I/O but
+//! [`read_policy_file`], which reads a policy file with limits.
 
 mod distorch;
 mod error;
+mod file;
 mod model;
 mod parse;
 mod resolve;
@@ -17,8 +19,9 @@ pub mod size;
 
 pub use distorch::{Allocation, parse_allocation};
 pub use error::{Location, PolicyError};
+pub use file::read_policy_file;
 pub use model::{Amount, DevicePolicy, Donor, HostPool, Machine, Policy, Report, Rule, Streaming, Tier};
-pub use parse::parse_policy;
+pub use parse::{MAX_DEVICES, MAX_POLICY_BYTES, MAX_RULES, parse_policy, valid_name};
 pub use resolve::{DevicePlan, Fill, Plan, default_rules, needs_machine, resolve};
 
 /// Builds a policy from a DisTorch2 allocation string alone (`VVRAM_ALLOC`, `--alloc`)

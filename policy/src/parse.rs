@@ -1,7 +1,7 @@
 //! Reading a TOML policy into a validated [`Policy`].
 
 use crate::distorch::parse_allocation;
-use crate::error::{Location, PolicyError, did_you_mean};
+use crate::error::{LineIndex, Location, PolicyError, did_you_mean};
 use crate::model::*;
 use crate::size::parse_size;
 use serde::Deserialize;
@@ -10,8 +10,9 @@ use std::fmt;
 use std::ops::Range;
 use toml::Spanned;
 
-/// Phase and tag names: what the control API and the environment may set.
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is a valid phase or tag name (what rules, the control API and
+/// `VVRAM_PHASE` accept): 1–64 ASCII letters, digits, `_`, `-` or `.`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
@@ -210,9 +211,25 @@ struct RawStreaming {
     weights_read_only: Option<bool>,
 }
 
+/// The largest policy text accepted: far above any real policy, small enough that
+/// parsing one (in the application's process, through the control API) stays quick.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+/// The most `[[rule]]` tables a policy may have.
+pub const MAX_RULES: usize = 1024;
+/// The most `[[device]]` tables, and the most donors of one device.
+pub const MAX_DEVICES: usize = 256;
+
 /// Reads a TOML policy. `origin` (usually the file name) is used in every message.
+/// Texts over [`MAX_POLICY_BYTES`] are refused before parsing.
 pub fn parse_policy(origin: &str, text: &str) -> Result<Policy, PolicyError> {
-    let source = Source { origin, text };
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::new(
+            origin,
+            Location { line: 1, column: 1 },
+            format!("the policy is {} bytes long; at most {MAX_POLICY_BYTES} bytes are accepted", text.len()),
+        ));
+    }
+    let source = Source { origin, text, lines: LineIndex::new(text) };
     let raw: RawPolicy = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
     source.convert(raw)
 }
@@ -220,11 +237,20 @@ pub fn parse_policy(origin: &str, text: &str) -> Result<Policy, PolicyError> {
 struct Source<'a> {
     origin: &'a str,
     text: &'a str,
+    lines: LineIndex,
 }
 
 impl Source<'_> {
     fn at(&self, span: Range<usize>) -> Location {
-        Location::of_offset(self.text, span.start)
+        self.lines.locate(self.text, span.start)
+    }
+
+    /// An error when a list holds more than `limit` entries.
+    fn limit<T>(&self, items: &[Spanned<T>], limit: usize, what: &str) -> Result<(), PolicyError> {
+        match items.get(limit) {
+            Some(extra) => Err(self.error(extra.span(), format!("more than {limit} {what}: at most {limit} are accepted"))),
+            None => Ok(()),
+        }
     }
 
     fn error(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
@@ -253,6 +279,8 @@ impl Source<'_> {
                  `local_budget` (or `alloc`)",
             ));
         }
+        self.limit(&raw.device, MAX_DEVICES, "`[[device]]` tables")?;
+        self.limit(&raw.rule, MAX_RULES, "`[[rule]]` tables")?;
         let mut devices: Vec<DevicePolicy> = Vec::new();
         for device in raw.device {
             let device = self.device(device.into_inner())?;
@@ -326,9 +354,9 @@ impl Source<'_> {
             }
             (None, Some(budget)) => {
                 let budget_at = self.at(budget.span());
-                let donors = raw
-                    .donors
-                    .unwrap_or_default()
+                let donors = raw.donors.unwrap_or_default();
+                self.limit(&donors, MAX_DEVICES, "donors")?;
+                let donors = donors
                     .into_iter()
                     .map(|d| {
                         let d = d.into_inner();
@@ -514,6 +542,31 @@ mod tests {
     }
 
     const HEAD: &str = "[[device]]\nindex = 0\n";
+
+    #[test]
+    fn oversized_policies_are_refused_before_parsing() {
+        let e = error_of(&" ".repeat(MAX_POLICY_BYTES + 1));
+        assert!(e.message.contains("at most 1048576 bytes"), "{e}");
+        let rules = "[[rule]]\nmin_size = \"1MiB\"\ntiers = [\"local\"]\n".repeat(MAX_RULES + 1);
+        let e = error_of(&format!("{HEAD}local_budget = \"8GiB\"\n{rules}"));
+        assert!(e.message.contains("more than 1024 `[[rule]]` tables"), "{e}");
+        assert_eq!(e.location.line, 3 + 3 * MAX_RULES + 1);
+        let donors: Vec<String> = (1..300).map(|n| format!("{{ tier = \"peer:{n}\", capacity = \"1GiB\" }}")).collect();
+        let e = error_of(&format!("{HEAD}local_budget = \"8GiB\"\ndonors = [{}]\n", donors.join(", ")));
+        assert!(e.message.contains("more than 256 donors"), "{e}");
+    }
+
+    #[test]
+    fn many_rules_on_one_line_are_located_quickly() {
+        // Thousands of located items on one non-ASCII line: each location is a binary search.
+        let rules: Vec<String> = (0..MAX_RULES).map(|i| format!("{{ name = \"règle\", min_size = {}, tiers = [\"local\"] }}", i + 1)).collect();
+        let text = format!("rule = [{}]\n{HEAD}local_budget = \"8GiB\"\n", rules.join(", "));
+        let started = std::time::Instant::now();
+        let e = error_of(&text);
+        assert!(e.message.contains("can never match"), "{e}");
+        assert_eq!(e.location.line, 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
 
     #[test]
     fn minimal_policy() {

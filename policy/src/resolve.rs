@@ -73,30 +73,32 @@ impl DevicePlan {
     }
 
     /// Simulates loading `total` bytes as tensors of `tensor` bytes under `phase`:
-    /// each tensor goes to the first tier of its rule with room left.
+    /// each tensor goes to the first tier of its rule with room left. Equal tensors are
+    /// placed tier by tier in bulk, so the work does not grow with `total`.
     pub fn fill(&self, total: u64, tensor: u64, phase: Option<&str>, tag: Option<&str>) -> Fill {
         let mut fill = Fill::default();
         let mut used: Vec<(Tier, u64)> = self.tiers().map(|(t, _)| (t, 0)).collect();
-        let mut remaining = total;
-        while remaining > 0 {
-            let size = remaining.min(tensor.max(1));
-            remaining -= size;
-            let order = self.placement(size, phase, tag);
-            let target = order.iter().find(|tier| {
-                used.iter().any(|(t, u)| t == *tier && u + size <= self.capacity(**tier))
-            });
-            match target {
-                Some(tier) => {
-                    if let Some(slot) = used.iter_mut().find(|(t, _)| t == tier) {
-                        slot.1 += size;
-                    }
-                    match fill.per_tier.iter_mut().find(|(t, _)| t == tier) {
-                        Some(entry) => entry.1 += size,
-                        None => fill.per_tier.push((*tier, size)),
-                    }
-                }
-                None => fill.unplaced += size,
+        let tensor = tensor.max(1);
+        for (size, count) in [(tensor, total / tensor), (total % tensor, 1)] {
+            if size == 0 || count == 0 {
+                continue;
             }
+            let mut left = count;
+            for tier in self.placement(size, phase, tag) {
+                let capacity = self.capacity(tier);
+                let Some(slot) = used.iter_mut().find(|(t, _)| *t == tier) else { continue };
+                let placed = (capacity.saturating_sub(slot.1) / size).min(left);
+                if placed == 0 {
+                    continue;
+                }
+                slot.1 += placed * size;
+                left -= placed;
+                match fill.per_tier.iter_mut().find(|(t, _)| *t == tier) {
+                    Some(entry) => entry.1 += placed * size,
+                    None => fill.per_tier.push((tier, placed * size)),
+                }
+            }
+            fill.unplaced += left * size;
         }
         fill
     }
@@ -157,6 +159,12 @@ struct Claim {
 /// Resolves `policy` against `machine`.
 pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> {
     let error = |at: Location, message: String| PolicyError::new(&policy.origin, at, message);
+    if machine.devices.len() > crate::MAX_DEVICES {
+        return Err(error(
+            Location { line: 1, column: 1 },
+            format!("the machine lists {} GPUs; at most {} are supported", machine.devices.len(), crate::MAX_DEVICES),
+        ));
+    }
     let gpu_count = machine.devices.len() as u32;
     let pool_total = |pool: Pool| match pool {
         Pool::Gpu(n) => machine.devices[n as usize],
@@ -225,7 +233,7 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
     }
     let pools: Vec<Pool> = (0..gpu_count).map(Pool::Gpu).chain([Pool::Host]).collect();
     for pool in &pools {
-        let fixed: u64 = claims.iter().filter(|c| c.pool == *pool && !takes_rest(c)).map(|c| c.bytes).sum();
+        let fixed: u64 = claims.iter().filter(|c| c.pool == *pool && !takes_rest(c)).fold(0u64, |sum, c| sum.saturating_add(c.bytes));
         let rest_count = claims.iter().filter(|c| c.pool == *pool && takes_rest(c)).count() as u64;
         if rest_count == 0 {
             continue;
@@ -255,17 +263,25 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
         let mut sum = 0u64;
         let mut parts = Vec::new();
         for claim in claims.iter().filter(|c| c.pool == *pool) {
-            sum = sum.saturating_add(claim.bytes);
+            if claim.bytes == 0 {
+                return Err(error(
+                    claim.at,
+                    format!("{}: `{}` comes to 0 bytes of {} ({}); give an amount that leaves something", claim.what, claim.amount, pool, format_size(total)),
+                ));
+            }
+            let before = sum;
+            let added = sum.checked_add(claim.bytes);
+            sum = added.unwrap_or(u64::MAX);
             parts.push(format!("{} {}", claim.what, format_size(claim.bytes)));
-            if sum > total {
+            if added.is_none_or(|sum| sum > total) {
                 return Err(error(
                     claim.at,
                     format!(
                         "more than the machine has: {pool} holds {}, but the policy gives out {} ({}); lower this amount to at most {}",
                         format_size(total),
-                        format_size(sum),
+                        added.map_or_else(|| "more than 16 EiB".to_string(), format_size),
                         parts.join(", "),
-                        format_size(total - (sum - claim.bytes))
+                        format_size(total - before)
                     ),
                 ));
             }
@@ -279,7 +295,9 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
         let donors: Vec<(Tier, u64)> =
             device.donors.iter().map(|d| (d.tier, claim_bytes.next().unwrap_or(0))).collect();
         let reported_total = match device.report {
-            Report::Virtual => local_budget + donors.iter().map(|(_, b)| b).sum::<u64>(),
+            Report::Virtual => donors.iter().try_fold(local_budget, |sum, (_, b)| sum.checked_add(*b)).ok_or_else(|| {
+                error(device.budget_at, format!("device {}: its budget and donations add up to more than 16 EiB", device.index))
+            })?,
             Report::Fixed(b) => b,
         };
         if policy.streaming.enabled && policy.streaming.local_cache >= local_budget {
@@ -302,7 +320,7 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
         devices.push(plan);
     }
 
-    let host_donated: u64 = devices.iter().flat_map(|d| &d.donors).filter(|(t, _)| *t == Tier::Host).map(|(_, b)| b).sum();
+    let host_donated = devices.iter().flat_map(|d| &d.donors).filter(|(t, _)| *t == Tier::Host).fold(0u64, |sum, (_, b)| sum.saturating_add(*b));
     let host_pool = match policy.host_pool.pin_ahead {
         None => host_donated.min(2 * GIB),
         Some(pin) if pin > host_donated => {
@@ -375,6 +393,49 @@ mod tests {
         let e = plan("[[device]]\nindex = 0\nlocal_budget = \"20GiB\"\n[[device]]\nindex = 1\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"peer:0\", capacity = \"8GiB\" }]\n").unwrap_err();
         assert_eq!(e.location, Location { line: 7, column: 20 });
         assert!(e.message.contains("lower this amount to at most 4 GiB"), "{e}");
+    }
+
+    #[test]
+    fn exabyte_machines_and_budgets_do_not_overflow() {
+        let huge = Machine { devices: vec![u64::MAX, u64::MAX], host: u64::MAX };
+        let policy = parse_policy("p.toml", "[[device]]\nindex = 0\nlocal_budget = \"*\"\ndonors = [{ tier = \"peer:1\", capacity = \"*\" }, { tier = \"host\", capacity = \"*\" }]\n").unwrap();
+        let e = resolve(&policy, &huge).unwrap_err();
+        assert!(e.message.contains("more than 16 EiB"), "{e}");
+        let policy = crate::policy_from_allocation("--alloc", "cuda:0,15728640TiB;cuda:1,15728640TiB;cpu,15728640TiB", 0).unwrap();
+        assert!(resolve(&policy, &huge).unwrap_err().message.contains("more than 16 EiB"));
+        let policy = parse_policy("p.toml", "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"15728640TiB\" }]\n[[device]]\nindex = 1\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"15728640TiB\" }]\n").unwrap();
+        let e = resolve(&policy, &huge).unwrap_err();
+        assert!(e.message.contains("more than the machine has"), "{e}");
+        let fixed = parse_policy("p.toml", "[[device]]\nindex = 0\nlocal_budget = \"15728640TiB\"\ndonors = [{ tier = \"host\", capacity = \"15728640TiB\" }]\nreport = \"1GiB\"\n").unwrap();
+        assert_eq!(resolve(&fixed, &huge).unwrap().device(0).unwrap().reported_total, GIB);
+    }
+
+    #[test]
+    fn amounts_that_come_to_zero_bytes_are_refused() {
+        let e = plan("[[device]]\nindex = 0\nlocal_budget = { fraction = 1e-300 }\n").unwrap_err();
+        assert!(e.message.contains("comes to 0 bytes"), "{e}");
+        assert_eq!(e.location, Location { line: 3, column: 16 });
+        let e = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = { fraction = 1e-20 } }]\n").unwrap_err();
+        assert!(e.message.contains("comes to 0 bytes"), "{e}");
+    }
+
+    #[test]
+    fn filling_an_enormous_model_takes_no_time() {
+        let p = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"32GiB\" }]\n").unwrap();
+        let d = p.device(0).unwrap();
+        let fill = d.fill(u64::MAX, 64 * MIB, Some("load"), None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 32 * GIB)]);
+        assert_eq!(fill.unplaced, u64::MAX - 40 * GIB);
+        // A last, smaller tensor still finds the room a full one could not.
+        let fill = d.fill(8 * GIB - MIB + 32 * GIB + MIB, 64 * MIB, None, None);
+        assert_eq!((fill.per_tier.clone(), fill.unplaced), (vec![(Tier::Local, 8 * GIB), (Tier::Host, 32 * GIB)], 0), "{fill:?}");
+    }
+
+    #[test]
+    fn machines_with_absurd_gpu_counts_are_refused() {
+        let machine = Machine { devices: vec![GIB; 100_000], host: GIB };
+        let policy = parse_policy("p.toml", "[[device]]\nindex = 0\nlocal_budget = \"*\"\n").unwrap();
+        assert!(resolve(&policy, &machine).unwrap_err().message.contains("at most 256"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use vvram_allocator::MemoryManager;
 use vvram_cuda::{CUdevice, result};
-use vvram_policy::{Machine, Policy, parse_policy, policy_from_allocation, resolve};
+use vvram_policy::{Machine, Policy, parse_policy, policy_from_allocation, read_policy_file, resolve, valid_name};
 use vvram_stats::Region;
 
 /// The shim's mutable state, behind one lock.
@@ -52,11 +52,9 @@ pub fn state() -> MutexGuard<'static, State> {
 /// checker's message.
 pub extern "C" fn start() {
     let loaded = match (std::env::var("VVRAM_POLICY"), std::env::var("VVRAM_ALLOC")) {
-        (Ok(path), _) if !path.is_empty() => Some(match std::fs::read_to_string(&path) {
-            Ok(text) => parse_policy(&path, &text).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("{path}: cannot read the policy: {e}")),
+        (Ok(path), _) if !path.is_empty() => {
+            Some(read_policy_file(&path).and_then(|text| parse_policy(&path, &text).map_err(|e| e.to_string())).map(|p| (p, path)))
         }
-        .map(|p| (p, path))),
         (_, Ok(alloc)) if !alloc.is_empty() => Some(
             policy_from_allocation("VVRAM_ALLOC", &alloc, 0)
                 .map(|p| (p, "VVRAM_ALLOC".to_string()))
@@ -77,7 +75,21 @@ pub extern "C" fn start() {
         }
         None => {}
     }
-    state.phase = std::env::var("VVRAM_PHASE").ok().filter(|p| !p.is_empty());
+    match std::env::var("VVRAM_PHASE") {
+        Ok(phase) if phase.is_empty() => {}
+        Ok(phase) if valid_name(&phase) => state.phase = Some(phase),
+        Ok(phase) => {
+            eprintln!("vvram: invalid VVRAM_PHASE {:?}, stopping: expected 1–64 letters, digits, `_`, `-` or `.`", phase);
+            // SAFETY: ending the process before main; nothing to unwind.
+            unsafe { libc::_exit(2) };
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            eprintln!("vvram: invalid VVRAM_PHASE (not UTF-8), stopping: expected 1–64 letters, digits, `_`, `-` or `.`");
+            // SAFETY: as above.
+            unsafe { libc::_exit(2) };
+        }
+        Err(std::env::VarError::NotPresent) => {}
+    }
 }
 
 /// Initialises the driver (the control API's path), so that a policy set through it is

@@ -1,6 +1,6 @@
 //! Loading policies and machines from files and command-line arguments.
 
-use vvram_policy::{Machine, Policy, PolicyError, parse_policy, policy_from_allocation};
+use vvram_policy::{Machine, Policy, PolicyError, parse_policy, policy_from_allocation, read_policy_file};
 
 /// Where a policy comes from.
 pub enum PolicySource<'a> {
@@ -31,8 +31,7 @@ impl std::fmt::Display for LoadError {
 pub fn load_policy(source: &PolicySource) -> Result<Policy, LoadError> {
     match source {
         PolicySource::File(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| LoadError::Io(format!("{path}: cannot read: {e}")))?;
+            let text = read_policy_file(path).map_err(LoadError::Io)?;
             parse_policy(path, &text).map_err(LoadError::Invalid)
         }
         PolicySource::Allocation(text) => {

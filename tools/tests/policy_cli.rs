@@ -116,3 +116,15 @@ fn explain_snapshot_ratio_string_with_default_rules() {
     assert_eq!(out.status.code(), Some(0));
     assert_snapshot("explain_alloc_ratio.txt", &String::from_utf8(out.stdout).unwrap());
 }
+
+#[test]
+fn enormous_sizes_are_answered_at_once_and_never_crash() {
+    let started = std::time::Instant::now();
+    let out = vvram(&["explain", "examples/policies/flux-dev-24gb.toml", "--model-size", "16777215TiB", "--devices", "0:24GiB,1:24GiB", "--host", "64GiB"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no room    16777214.96 TiB"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = vvram(&["check", "--alloc", "cuda:0,16777215TiB;cuda:1,16777215TiB;cpu,16777215TiB", "--devices", "0:16777215TiB,1:16777215TiB", "--host", "16777215TiB"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than 16 EiB"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
