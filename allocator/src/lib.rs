@@ -10,7 +10,7 @@ mod memory_driver;
 
 pub use driver::{Driver, EventId, Handle, Location};
 pub use manager::{
-    AllocationInfo, CHUNK, Counters, DeviceUsage, MemoryManager, Request, SMALL_ALIGN, SMALL_LIMIT, Segment, TierUsage,
+    AllocationInfo, CHUNK, MAX_RESERVATION, Counters, DeviceUsage, MemoryManager, Request, SMALL_ALIGN, SMALL_LIMIT, Segment, TierUsage,
 };
 pub use memory_driver::{Calls, MemoryDriver};
 

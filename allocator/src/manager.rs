@@ -154,12 +154,28 @@ pub struct MemoryManager<D: Driver> {
     pending_frees: Vec<(u64, EventId)>,
     pool: Vec<Handle>,
     app_handles: HashMap<Handle, AppHandle>,
+    stuck: Vec<Stuck>,
     next_id: u64,
     counters: Counters,
 }
 
-fn round_up(value: u64, to: u64) -> u64 {
-    value.div_ceil(to) * to
+/// A chunk whose unmap or release failed. It stays counted as used (the driver still
+/// holds it) and its address range stays out of the free list until a retry succeeds.
+#[derive(Debug)]
+struct Stuck {
+    space: usize,
+    /// Still mapped there (the unmap failed); `None` once unmapped (the release failed).
+    mapped_at: Option<u64>,
+    chunk: Chunk,
+}
+
+/// The most address space reserved at once: more than any machine's memory, far less
+/// than the 47-bit user address space.
+pub const MAX_RESERVATION: u64 = 1 << 46;
+
+/// `value` rounded up to a multiple of `to`; `None` past `u64::MAX`.
+fn round_up(value: u64, to: u64) -> Option<u64> {
+    value.checked_next_multiple_of(to)
 }
 
 impl<D: Driver> MemoryManager<D> {
@@ -174,6 +190,7 @@ impl<D: Driver> MemoryManager<D> {
             pending_frees: Vec::new(),
             pool: Vec::new(),
             app_handles: HashMap::new(),
+            stuck: Vec::new(),
             next_id: 1,
             counters: Counters::default(),
         }
@@ -215,7 +232,7 @@ impl<D: Driver> MemoryManager<D> {
         if let Some(i) = self.spaces.iter().position(|s| s.device == device) {
             return Ok(i);
         }
-        let span = self.reservation_size(device, 0);
+        let span = self.reservation_size(device, 0).ok_or(result::OUT_OF_MEMORY)?;
         let base = self.driver.reserve(span)?;
         self.spaces.push(Space {
             device,
@@ -227,10 +244,12 @@ impl<D: Driver> MemoryManager<D> {
         Ok(self.spaces.len() - 1)
     }
 
-    /// Address space to reserve at a time: twice the device's virtual size, at least 4 GiB.
-    fn reservation_size(&self, device: u32, at_least: u64) -> u64 {
-        let virtual_total: u64 = self.plan.device(device).map_or(0, |d| d.tiers().map(|(_, c)| c).sum());
-        round_up((2 * virtual_total).max(4 << 30).max(at_least), 1 << 30)
+    /// Address space to reserve at a time: twice the device's virtual size, at least 4 GiB
+    /// and at most [`MAX_RESERVATION`]; `None` when `at_least` is more than that.
+    fn reservation_size(&self, device: u32, at_least: u64) -> Option<u64> {
+        let virtual_total = self.plan.device(device).map_or(0, |d| d.tiers().fold(0u64, |sum, (_, c)| sum.saturating_add(c)));
+        let wanted = virtual_total.saturating_mul(2).clamp(4 << 30, MAX_RESERVATION);
+        round_up(wanted.max(at_least), 1 << 30).filter(|size| *size <= MAX_RESERVATION)
     }
 
     fn take_address_space(&mut self, space: usize, len: u64) -> Result<u64, CUresult> {
@@ -238,7 +257,7 @@ impl<D: Driver> MemoryManager<D> {
         let (start, free_len) = match found {
             Some(found) => found,
             None => {
-                let span = self.reservation_size(self.spaces[space].device, len);
+                let span = self.reservation_size(self.spaces[space].device, len).ok_or(result::OUT_OF_MEMORY)?;
                 let base = self.driver.reserve(span)?;
                 self.spaces[space].reservations.push((base, span));
                 (base, span)
@@ -288,7 +307,7 @@ impl<D: Driver> MemoryManager<D> {
                 continue;
             }
             let used = self.spaces[space].used.get(&tier).copied().unwrap_or(0);
-            if used + size > self.capacity(device, tier) {
+            if used.checked_add(size).is_none_or(|total| total > self.capacity(device, tier)) {
                 full.push(tier);
                 continue;
             }
@@ -319,15 +338,65 @@ impl<D: Driver> MemoryManager<D> {
         self.take_physical(space, order, CHUNK, full, None).map(|(tier, handle)| Chunk { tier, handle })
     }
 
+    /// Returns an unmapped chunk: to the pool (host chunks, while it is below target) or
+    /// to the driver. A failed release keeps the chunk counted and retries it later.
     fn return_chunk(&mut self, space: usize, chunk: Chunk) {
-        if let Some(used) = self.spaces[space].used.get_mut(&chunk.tier) {
-            *used -= CHUNK;
-        }
-        if chunk.tier == Tier::Host && (self.pool.len() as u64 + 1) * CHUNK <= self.plan.host_pool {
+        let pooled = chunk.tier == Tier::Host && (self.pool.len() as u64 + 1) * CHUNK <= self.plan.host_pool;
+        if pooled {
             self.pool.push(chunk.handle);
         } else if self.driver.release(chunk.handle).is_err() {
             self.counters.errors += 1;
+            self.stuck.push(Stuck { space, mapped_at: None, chunk });
+            return;
         }
+        if let Some(used) = self.spaces[space].used.get_mut(&chunk.tier) {
+            *used -= CHUNK;
+        }
+    }
+
+    /// Takes apart an extent at `start`: the first `mapped` chunks are unmapped, every
+    /// chunk is returned and the `span` bytes of address space given back. A chunk whose
+    /// unmap fails keeps its address range (mapping into it again would fail) until a
+    /// retry in [`Self::reclaim`] succeeds.
+    fn dismantle(&mut self, space: usize, start: u64, span: u64, chunks: Vec<Chunk>, mapped: usize) {
+        let covered = chunks.len() as u64 * CHUNK;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let address = start + i as u64 * CHUNK;
+            if i < mapped && self.driver.unmap(address, CHUNK).is_err() {
+                self.counters.errors += 1;
+                self.stuck.push(Stuck { space, mapped_at: Some(address), chunk });
+                continue;
+            }
+            self.give_back_address_space(space, address, CHUNK);
+            self.return_chunk(space, chunk);
+        }
+        if span > covered {
+            self.give_back_address_space(space, start + covered, span - covered);
+        }
+    }
+
+    /// Retries the unmaps and releases that failed before.
+    fn retry_stuck(&mut self) {
+        for stuck in std::mem::take(&mut self.stuck) {
+            match stuck.mapped_at {
+                Some(address) if self.driver.unmap(address, CHUNK).is_err() => self.stuck.push(stuck),
+                Some(address) => {
+                    self.give_back_address_space(stuck.space, address, CHUNK);
+                    self.return_chunk(stuck.space, stuck.chunk);
+                }
+                None if self.driver.release(stuck.chunk.handle).is_err() => self.stuck.push(stuck),
+                None => {
+                    if let Some(used) = self.spaces[stuck.space].used.get_mut(&stuck.chunk.tier) {
+                        *used -= CHUNK;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Chunks whose unmap or release failed and is being retried.
+    pub fn stuck_chunks(&self) -> usize {
+        self.stuck.len()
     }
 
     /// Maps chunks at `start` and grants access, host chunks to the CPU as well.
@@ -346,14 +415,6 @@ impl<D: Driver> MemoryManager<D> {
             }
         }
         Ok(chunks.len())
-    }
-
-    fn unmap_chunks(&mut self, start: u64, count: usize) {
-        for i in 0..count {
-            if self.driver.unmap(start + i as u64 * CHUNK, CHUNK).is_err() {
-                self.counters.errors += 1;
-            }
-        }
     }
 
     /// Allocates for a device the policy manages.
@@ -387,7 +448,7 @@ impl<D: Driver> MemoryManager<D> {
         if request.size < SMALL_LIMIT {
             return self.allocate_small(space, request, &order);
         }
-        let span = round_up(request.size, CHUNK);
+        let span = round_up(request.size, CHUNK).ok_or(result::OUT_OF_MEMORY)?;
         let start = self.take_address_space(space, span)?;
         let mut chunks = Vec::with_capacity((span / CHUNK) as usize);
         let mut full = Vec::new();
@@ -401,17 +462,19 @@ impl<D: Driver> MemoryManager<D> {
                 }
             }
         }
-        if failure.is_none()
-            && let Err((mapped, code)) = self.map_chunks(request.device, start, &chunks) {
-                self.unmap_chunks(start, mapped);
-                self.counters.errors += 1;
-                failure = Some(code);
+        let mut mapped = 0;
+        if failure.is_none() {
+            match self.map_chunks(request.device, start, &chunks) {
+                Ok(_) => {}
+                Err((count, code)) => {
+                    mapped = count;
+                    self.counters.errors += 1;
+                    failure = Some(code);
+                }
             }
+        }
         if let Some(code) = failure {
-            for chunk in chunks {
-                self.return_chunk(space, chunk);
-            }
-            self.give_back_address_space(space, start, span);
+            self.dismantle(space, start, span, chunks, mapped);
             return Err(code);
         }
         let id = self.next_id();
@@ -429,7 +492,7 @@ impl<D: Driver> MemoryManager<D> {
     }
 
     fn allocate_small(&mut self, space: usize, request: Request, order: &[Tier]) -> Result<u64, CUresult> {
-        let need = round_up(request.size, SMALL_ALIGN);
+        let need = request.size.next_multiple_of(SMALL_ALIGN);
         let mut full = Vec::new();
         for &tier in order {
             let existing = self.slabs.iter().find_map(|(base, slab)| {
@@ -473,9 +536,7 @@ impl<D: Driver> MemoryManager<D> {
         };
         let device = self.spaces[space].device;
         if let Err((mapped, code)) = self.map_chunks(device, start, &[chunk]) {
-            self.unmap_chunks(start, mapped);
-            self.return_chunk(space, chunk);
-            self.give_back_address_space(space, start, CHUNK);
+            self.dismantle(space, start, CHUNK, vec![chunk], mapped);
             self.counters.errors += 1;
             return Err(code);
         }
@@ -489,19 +550,24 @@ impl<D: Driver> MemoryManager<D> {
     }
 
     /// Frees an allocation. The caller has made sure no queued work still uses it
-    /// (`cuMemFree` synchronises first).
+    /// (`cuMemFree` synchronises first). An allocation already freed stream-ordered
+    /// (`cuMemFreeAsync`) is no longer the application's: `CUDA_ERROR_INVALID_VALUE`.
     pub fn free(&mut self, address: u64) -> Result<(), CUresult> {
+        if self.pending_frees.iter().any(|(a, _)| *a == address) {
+            return Err(result::INVALID_VALUE);
+        }
+        self.release_allocation(address)
+    }
+
+    fn release_allocation(&mut self, address: u64) -> Result<(), CUresult> {
         let allocation = self.allocations.remove(&address).ok_or(result::INVALID_VALUE)?;
         let space = self.spaces.iter().position(|s| s.device == allocation.device).ok_or(result::UNKNOWN)?;
         self.spaces[space].allocations -= 1;
         self.counters.frees += 1;
         match allocation.backing {
             Backing::Extent(chunks) => {
-                self.unmap_chunks(address, chunks.len());
-                for chunk in chunks {
-                    self.return_chunk(space, chunk);
-                }
-                self.give_back_address_space(space, address, allocation.span);
+                let mapped = chunks.len();
+                self.dismantle(space, address, allocation.span, chunks, mapped);
             }
             Backing::InSlab(slab_base) => {
                 let slab = self.slabs.get_mut(&slab_base).ok_or(result::UNKNOWN)?;
@@ -509,9 +575,7 @@ impl<D: Driver> MemoryManager<D> {
                 slab.live -= 1;
                 if slab.live == 0 {
                     let slab = self.slabs.remove(&slab_base).ok_or(result::UNKNOWN)?;
-                    self.unmap_chunks(slab_base, 1);
-                    self.return_chunk(space, slab.chunk);
-                    self.give_back_address_space(space, slab_base, CHUNK);
+                    self.dismantle(space, slab_base, CHUNK, vec![slab.chunk], 1);
                 }
             }
         }
@@ -529,14 +593,16 @@ impl<D: Driver> MemoryManager<D> {
         Ok(())
     }
 
-    /// Completes stream-ordered frees whose stream has passed them.
+    /// Completes stream-ordered frees whose stream has passed them, and retries unmaps
+    /// and releases that failed.
     pub fn reclaim(&mut self) {
+        self.retry_stuck();
         let pending = std::mem::take(&mut self.pending_frees);
         for (address, event) in pending {
             match self.driver.event_complete(event) {
                 Ok(true) => {
                     self.driver.destroy_event(event);
-                    if self.free(address).is_err() {
+                    if self.release_allocation(address).is_err() {
                         self.counters.errors += 1;
                     }
                 }
@@ -564,7 +630,7 @@ impl<D: Driver> MemoryManager<D> {
     /// inside one allocation.
     pub fn segments(&self, address: u64, len: u64) -> Option<Vec<Segment>> {
         let info = self.find(address)?;
-        if address + len > info.base + info.size {
+        if address.checked_add(len)? > info.base + info.size {
             return None;
         }
         let allocation = &self.allocations[&info.base];
@@ -638,7 +704,7 @@ impl<D: Driver> MemoryManager<D> {
         let local_placed = usage.tiers.first().map_or(0, |t| t.used);
         let others = physical_total.saturating_sub(physical_free).saturating_sub(local_placed);
         let total = plan.reported_total;
-        Some((total.saturating_sub(placed + others), total))
+        Some((total.saturating_sub(placed.saturating_add(others)), total))
     }
 
     /// Usage of one compute device the policy manages.
@@ -688,8 +754,9 @@ impl<D: Driver> MemoryManager<D> {
     pub fn release_all(&mut self) {
         let addresses: Vec<u64> = self.allocations.keys().copied().collect();
         for address in addresses {
-            let _ = self.free(address);
+            let _ = self.release_allocation(address);
         }
+        self.retry_stuck();
         for (_, event) in std::mem::take(&mut self.pending_frees) {
             self.driver.destroy_event(event);
         }

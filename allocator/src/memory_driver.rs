@@ -26,6 +26,7 @@ struct State {
     used: HashMap<Location, u64>,
     capacity: HashMap<Location, u64>,
     fail_creates_at: HashMap<Location, CUresult>,
+    fail_next: HashMap<&'static str, (CUresult, u32)>,
     events: HashMap<EventId, bool>,
     calls: Calls,
 }
@@ -57,6 +58,12 @@ impl MemoryDriver {
     /// Makes every `create` at `location` fail with `code`.
     pub fn fail_creates(&self, location: Location, code: CUresult) {
         self.state.borrow_mut().fail_creates_at.insert(location, code);
+    }
+
+    /// Makes the next `times` calls of `operation` (`"unmap"`, `"release"`, `"map"`,
+    /// `"set_access"`, `"record_event"`) fail with `code`, doing nothing.
+    pub fn fail_next(&self, operation: &'static str, code: CUresult, times: u32) {
+        self.state.borrow_mut().fail_next.insert(operation, (code, times));
     }
 
     /// Physical bytes in use at `location`.
@@ -104,6 +111,19 @@ impl MemoryDriver {
     }
 }
 
+impl State {
+    /// The injected failure of `operation`, if one is due.
+    fn injected(&mut self, operation: &'static str) -> Result<(), CUresult> {
+        match self.fail_next.get_mut(operation) {
+            Some((code, times)) if *times > 0 => {
+                *times -= 1;
+                Err(*code)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Driver for MemoryDriver {
     fn reserve(&self, size: u64) -> Result<u64, CUresult> {
         let mut state = self.state.borrow_mut();
@@ -140,6 +160,7 @@ impl Driver for MemoryDriver {
 
     fn release(&self, handle: Handle) -> Result<(), CUresult> {
         let mut state = self.state.borrow_mut();
+        state.injected("release")?;
         let (size, location, _) = state.physical.remove(&handle).expect("releasing an unknown or released handle");
         assert!(!state.mappings.values().any(|(_, h, _)| *h == handle), "releasing memory that is still mapped");
         *state.used.get_mut(&location).expect("used") -= size;
@@ -148,6 +169,7 @@ impl Driver for MemoryDriver {
 
     fn map(&self, address: u64, size: u64, handle: Handle) -> Result<(), CUresult> {
         let mut state = self.state.borrow_mut();
+        state.injected("map")?;
         let inside = state.reservations.range(..=address).next_back().is_some_and(|(&b, &l)| address + size <= b + l);
         assert!(inside, "mapping outside any reservation");
         let overlaps = state.mappings.range(..address + size).next_back().is_some_and(|(&b, m)| b + m.0 > address);
@@ -159,6 +181,7 @@ impl Driver for MemoryDriver {
 
     fn unmap(&self, address: u64, size: u64) -> Result<(), CUresult> {
         let mut state = self.state.borrow_mut();
+        state.injected("unmap")?;
         let mapping = state.mappings.remove(&address).expect("unmapping what is not mapped");
         assert_eq!(mapping.0, size, "unmapping part of a mapping");
         Ok(())
@@ -166,6 +189,7 @@ impl Driver for MemoryDriver {
 
     fn set_access(&self, address: u64, size: u64, _device: u32, host: bool) -> Result<(), CUresult> {
         let mut state = self.state.borrow_mut();
+        state.injected("set_access")?;
         let mut cursor = address;
         while cursor < address + size {
             let (base, (len, handle, _)) = state
@@ -193,6 +217,7 @@ impl Driver for MemoryDriver {
 
     fn record_event(&self, _stream: u64) -> Result<EventId, CUresult> {
         let mut state = self.state.borrow_mut();
+        state.injected("record_event")?;
         state.next += 1;
         let event = state.next;
         state.events.insert(event, false);

@@ -227,3 +227,96 @@ fn a_new_plan_applies_to_new_requests() {
     m.free(a).unwrap();
     m.free(b).unwrap();
 }
+
+#[test]
+fn sizes_near_two_to_the_64_are_out_of_memory_not_a_wrapped_span() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    for size in [u64::MAX, u64::MAX - CHUNK + 1, u64::MAX - CHUNK - 1, 1 << 63, MAX_RESERVATION + 1] {
+        assert_eq!(m.allocate(request(size)), Err(result::OUT_OF_MEMORY), "{size}");
+    }
+    let a = m.allocate(request(4 * MIB)).unwrap();
+    let b = m.allocate(request(4 * MIB)).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(m.segments(a, u64::MAX), None);
+    assert_eq!(m.segments(a, u64::MAX - a + 1), None);
+    m.free(a).unwrap();
+    m.free(b).unwrap();
+    assert_eq!(m.driver().mapping_count(), 0);
+}
+
+#[test]
+fn a_failed_unmap_keeps_its_address_range_until_a_retry_succeeds() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(8 * MIB)).unwrap();
+    m.driver().fail_next("unmap", result::UNKNOWN, 2);
+    m.free(a).unwrap();
+    assert_eq!(m.stuck_chunks(), 2);
+    assert_eq!(used(&m, Tier::Local), 4 * MIB, "the still-mapped chunks stay counted");
+    // The next allocation retries the unmaps first (the injected failures are used up).
+    let mut live = Vec::new();
+    for _ in 0..256 {
+        live.push(m.allocate(request(MIB + 1)).unwrap_or_else(|code| panic!("allocation failed with {code}")));
+        m.free(live.pop().unwrap()).unwrap();
+    }
+    assert_eq!(m.stuck_chunks(), 0);
+    assert_eq!((used(&m, Tier::Local), used(&m, Tier::Host)), (0, 0));
+    assert_eq!(m.driver().mapping_count(), 0);
+    assert_eq!(m.counters().errors, 2);
+}
+
+#[test]
+fn a_failed_unmap_never_hands_out_a_range_that_is_still_mapped() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(2 * MIB)).unwrap();
+    m.driver().fail_next("unmap", result::UNKNOWN, 1_000);
+    m.free(a).unwrap();
+    // The in-memory driver asserts that nothing is mapped over a live mapping.
+    let b = m.allocate(request(2 * MIB)).unwrap();
+    assert_ne!(a, b);
+    m.driver().fail_next("unmap", result::UNKNOWN, 0);
+    m.free(b).unwrap();
+    m.reclaim();
+    assert_eq!((m.stuck_chunks(), m.driver().mapping_count(), used(&m, Tier::Local)), (0, 0, 0));
+}
+
+#[test]
+fn a_failed_release_stays_counted_and_is_retried() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(16 * MIB)).unwrap();
+    m.driver().fail_next("release", result::UNKNOWN, 3);
+    m.free(a).unwrap();
+    assert_eq!(m.stuck_chunks(), 3);
+    assert_eq!(used(&m, Tier::Local), 6 * MIB);
+    assert_eq!(m.driver().used(Location::Device(0)), 6 * MIB);
+    m.reclaim();
+    assert_eq!((m.stuck_chunks(), used(&m, Tier::Local), m.driver().used(Location::Device(0))), (0, 0, 0));
+    assert_eq!(m.memory_info(0, 24 * GIB, 24 * GIB), Some((192 * MIB, 192 * MIB)));
+}
+
+#[test]
+fn freeing_what_was_freed_stream_ordered_is_invalid() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let a = m.allocate(request(32 * MIB)).unwrap();
+    m.free_async(a, 7).unwrap();
+    assert_eq!(m.free(a), Err(result::INVALID_VALUE));
+    m.driver().complete_event(m.driver().live_events()[0]);
+    m.reclaim();
+    assert_eq!(m.counters().errors, 0);
+    assert_eq!((used(&m, Tier::Local), m.counters().frees), (0, 1));
+}
+
+#[test]
+fn failed_maps_and_access_grants_give_everything_back() {
+    for (operation, times) in [("map", 1), ("set_access", 1)] {
+        let mut m = manager(LOCAL_THEN_HOST);
+        m.driver().fail_next(operation, result::UNKNOWN, times);
+        assert_eq!(m.allocate(request(8 * MIB)), Err(result::UNKNOWN), "{operation}");
+        assert_eq!((used(&m, Tier::Local), m.driver().mapping_count(), m.stuck_chunks()), (0, 0, 0), "{operation}");
+        m.driver().fail_next(operation, result::UNKNOWN, 0);
+        let a = m.allocate(request(8 * MIB)).unwrap();
+        m.free(a).unwrap();
+        m.driver().fail_next(operation, result::UNKNOWN, 1);
+        assert_eq!(m.allocate(request(4096)), Err(result::UNKNOWN), "{operation} of a slab");
+        assert_eq!((used(&m, Tier::Local), m.driver().mapping_count()), (0, 0), "{operation}");
+    }
+}
