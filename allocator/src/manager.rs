@@ -155,6 +155,8 @@ pub struct MemoryManager<D: Driver> {
     pool: Vec<Handle>,
     app_handles: HashMap<Handle, AppHandle>,
     stuck: Vec<Stuck>,
+    pins: HashMap<u64, u32>,
+    deferred: HashMap<u64, Allocation>,
     next_id: u64,
     counters: Counters,
 }
@@ -191,6 +193,8 @@ impl<D: Driver> MemoryManager<D> {
             pool: Vec::new(),
             app_handles: HashMap::new(),
             stuck: Vec::new(),
+            pins: HashMap::new(),
+            deferred: HashMap::new(),
             next_id: 1,
             counters: Counters::default(),
         }
@@ -561,6 +565,39 @@ impl<D: Driver> MemoryManager<D> {
 
     fn release_allocation(&mut self, address: u64) -> Result<(), CUresult> {
         let allocation = self.allocations.remove(&address).ok_or(result::INVALID_VALUE)?;
+        if self.pins.contains_key(&address) {
+            // The CPU is copying into it: it goes when the copy ends (see `unpin`).
+            self.deferred.insert(address, allocation);
+            return Ok(());
+        }
+        self.dispose(address, allocation)
+    }
+
+    /// Like [`Self::segments`], and keeps the allocation's memory where it is until
+    /// [`Self::unpin`] with the returned base: a free meanwhile is deferred, so a CPU copy
+    /// into host-tier chunks never writes into freed or reused memory.
+    pub fn pin(&mut self, address: u64, len: u64) -> Option<(u64, Vec<Segment>)> {
+        let segments = self.segments(address, len)?;
+        let base = self.find(address)?.base;
+        *self.pins.entry(base).or_default() += 1;
+        Some((base, segments))
+    }
+
+    /// Ends a [`Self::pin`]; a free deferred meanwhile happens now.
+    pub fn unpin(&mut self, base: u64) {
+        let Some(count) = self.pins.get_mut(&base) else { return };
+        *count -= 1;
+        if *count == 0 {
+            self.pins.remove(&base);
+            if let Some(allocation) = self.deferred.remove(&base)
+                && self.dispose(base, allocation).is_err()
+            {
+                self.counters.errors += 1;
+            }
+        }
+    }
+
+    fn dispose(&mut self, address: u64, allocation: Allocation) -> Result<(), CUresult> {
         let space = self.spaces.iter().position(|s| s.device == allocation.device).ok_or(result::UNKNOWN)?;
         self.spaces[space].allocations -= 1;
         self.counters.frees += 1;

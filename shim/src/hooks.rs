@@ -25,9 +25,12 @@ fn guard(hook: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
     }
 }
 
-fn current_device() -> Option<u32> {
+fn current_device() -> Result<u32, CUresult> {
     let mut device: CUdevice = 0;
-    (real_call!(cuCtxGetDevice(&mut device)) == result::SUCCESS).then_some(device as u32)
+    match real_call!(cuCtxGetDevice(&mut device)) {
+        result::SUCCESS => Ok(device as u32),
+        code => Err(code),
+    }
 }
 
 /// A stream handle as the per-thread entry points mean it: stream 0 is the calling
@@ -36,14 +39,18 @@ fn per_thread_stream(stream: CUstream) -> CUstream {
     if stream.is_null() { CU_STREAM_PER_THREAD as CUstream } else { stream }
 }
 
-/// Places an allocation with the manager, or `None` to pass it through (no policy for
-/// the current device).
+/// Places an allocation with the manager, or `None` to pass it through (no policy, or
+/// none for the current device). With a policy in force it never fails open: when the
+/// current device or the machine cannot be read, the driver's error is the answer.
 fn place(size: usize) -> Option<Result<u64, CUresult>> {
     check_for_aimdo();
-    let device = current_device()?;
+    let device = match current_device() {
+        Ok(device) => device,
+        Err(code) => return state().policy.is_some().then_some(Err(code)),
+    };
     let mut state = state();
     let (phase, tag) = (state.phase.clone(), state.tag.clone());
-    let manager = state.manager()?;
+    let Some(manager) = state.manager() else { return state.machine_error().map(Err) };
     if !manager.manages(device) {
         return None;
     }
@@ -94,8 +101,9 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut 
         if pitch.is_null() || width == 0 || height == 0 || ![4, 8, 16].contains(&element_size) {
             return pass();
         }
-        let row = width.next_multiple_of(PITCH_ALIGN);
-        let Some(size) = row.checked_mul(height) else { return result::INVALID_VALUE };
+        let Some((row, size)) = width.checked_next_multiple_of(PITCH_ALIGN).and_then(|row| Some((row, row.checked_mul(height)?))) else {
+            return result::INVALID_VALUE;
+        };
         match place(size) {
             Some(Ok(address)) => unsafe {
                 pitch.write(row);
@@ -189,7 +197,7 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         if code != result::SUCCESS {
             return code;
         }
-        let virtual_info = current_device().and_then(|device| {
+        let virtual_info = current_device().ok().and_then(|device| {
             state().manager().and_then(|m| m.memory_info(device, physical_free as u64, physical_total as u64))
         });
         let (f, t) = virtual_info.unwrap_or((physical_free as u64, physical_total as u64));
@@ -297,7 +305,9 @@ fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: Order, device_copy:
     if src.is_null() || len == 0 {
         return None;
     }
-    let segments = state().manager.as_ref().and_then(|m| m.segments(dst, len as u64))?;
+    // Pinned from the lookup to the end of the copy: a racing free is deferred until then.
+    let (base, segments) = state().manager.as_mut().and_then(|m| m.pin(dst, len as u64))?;
+    let _pinned = Pinned(base);
     if !segments.iter().any(|s| s.host) {
         return None;
     }
@@ -327,6 +337,17 @@ fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: Order, device_copy:
         manager.count_fast_h2d(cpu_bytes);
     }
     Some(result::SUCCESS)
+}
+
+/// A pinned allocation (see `MemoryManager::pin`), unpinned on drop.
+struct Pinned(u64);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(manager) = state().manager.as_mut() {
+            manager.unpin(self.0);
+        }
+    }
 }
 
 /// Whether `address` is host memory the CPU may read: pinned, or pageable (unknown to
@@ -430,6 +451,9 @@ pub unsafe extern "C" fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, 
         let mut state = state();
         let (phase, tag) = (state.phase.clone(), state.tag.clone());
         let Some(manager) = state.manager().filter(|m| m.manages(device)) else {
+            if let Some(code) = state.machine_error() {
+                return code;
+            }
             drop(state);
             return pass();
         };

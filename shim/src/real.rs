@@ -54,19 +54,33 @@ pub struct RealDriver {
 pub fn real() -> &'static RealDriver {
     static REAL: OnceLock<RealDriver> = OnceLock::new();
     REAL.get_or_init(|| {
-        let path = std::env::var("VVRAM_REAL_LIBCUDA").unwrap_or_else(|_| "libcuda.so.1".to_string());
+        let chosen = std::env::var("VVRAM_REAL_LIBCUDA").ok().filter(|p| !p.is_empty());
+        let path = chosen.clone().unwrap_or_else(|| "libcuda.so.1".to_string());
         let c_path = std::ffi::CString::new(path.clone()).unwrap_or_default();
         // SAFETY: plain dlopen; the driver library has no constructor that calls back into us.
         let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        if handle.is_null() {
-            tracing::error!(path, "cannot open the CUDA driver: every hooked call will fail");
-        }
         let api = DriverApi::load(|name| {
             if handle.is_null() {
                 return std::ptr::null_mut();
             }
             CStr::from_bytes_with_nul(name).map_or(std::ptr::null_mut(), |name| real_dlsym(handle, name))
         });
+        let problem = if handle.is_null() {
+            Some("cannot be opened")
+        } else if api.cuInit.is_none() || api.cuGetProcAddress_v2.is_none() && api.cuGetProcAddress.is_none() {
+            Some("is not a CUDA driver (no cuInit or cuGetProcAddress)")
+        } else {
+            None
+        };
+        match (problem, &chosen) {
+            (Some(problem), Some(_)) => {
+                eprintln!("vvram: VVRAM_REAL_LIBCUDA={path} {problem}, stopping: point it at the driver library (libcuda.so.1)");
+                // SAFETY: a fatal configuration error; fail loudly rather than fail every call.
+                unsafe { libc::_exit(2) };
+            }
+            (Some(problem), None) => eprintln!("vvram: the CUDA driver {path} {problem}: every CUDA call will fail"),
+            (None, _) => {}
+        }
         RealDriver { api, handle: handle as usize }
     })
 }

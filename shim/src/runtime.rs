@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use vvram_allocator::MemoryManager;
-use vvram_cuda::{CUdevice, result};
+use vvram_cuda::{CUdevice, CUresult, result};
 use vvram_policy::{Machine, Policy, parse_policy, policy_from_allocation, read_policy_file, resolve, valid_name};
 use vvram_stats::Region;
 
@@ -27,6 +27,8 @@ pub struct State {
     /// Why the policy in force does not fit the machine, once that was found.
     pub policy_error: Option<String>,
     said_pass_through: bool,
+    /// Why the machine could not be read from the driver, while it cannot.
+    machine_error: Option<CUresult>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -37,6 +39,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     tag: None,
     policy_error: None,
     said_pass_through: false,
+    machine_error: None,
 });
 
 /// Errors seen by hooks (driver failures while placing, panics caught).
@@ -51,6 +54,8 @@ pub fn state() -> MutexGuard<'static, State> {
 /// and `VVRAM_PHASE`. An invalid policy stops the process here, before `main`, with the
 /// checker's message.
 pub extern "C" fn start() {
+    // SAFETY: registering plain functions; they run in the forking thread.
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
     let loaded = match (std::env::var("VVRAM_POLICY"), std::env::var("VVRAM_ALLOC")) {
         (Ok(path), _) if !path.is_empty() => {
             Some(read_policy_file(&path).and_then(|text| parse_policy(&path, &text).map_err(|e| e.to_string())).map(|p| (p, path)))
@@ -102,24 +107,44 @@ pub fn init_driver() {
     }
 }
 
-/// The machine as the driver sees it, once the driver is initialised.
-fn machine() -> Option<Machine> {
+thread_local! {
+    /// The shim's locks, held by the forking thread across `fork`.
+    static FORK_GUARDS: std::cell::RefCell<Option<(MutexGuard<'static, State>, MutexGuard<'static, Option<Region>>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Before `fork`: takes the shim's locks, so that no other thread holds one at the
+/// moment of the fork (the child would inherit it locked and hang on its first call).
+extern "C" fn before_fork() {
+    let guards = (state(), REGION.lock().unwrap_or_else(|p| p.into_inner()));
+    FORK_GUARDS.with(|held| *held.borrow_mut() = Some(guards));
+}
+
+/// After `fork`, in the parent and in the child: releases the locks taken before it.
+extern "C" fn after_fork() {
+    FORK_GUARDS.with(|held| held.borrow_mut().take());
+}
+
+/// The machine as the driver sees it, once the driver is initialised; the
+/// driver's error while it cannot say.
+fn machine() -> Result<Machine, CUresult> {
     let mut count: c_int = 0;
-    if real_call!(cuDeviceGetCount(&mut count)) != result::SUCCESS || count <= 0 {
-        return None;
+    match real_call!(cuDeviceGetCount(&mut count)) {
+        result::SUCCESS if count > 0 => {}
+        result::SUCCESS => return Err(result::NO_DEVICE),
+        code => return Err(code),
     }
     let mut devices = Vec::new();
     for device in 0..count {
         let mut bytes = 0usize;
-        if real_call!(cuDeviceTotalMem_v2(&mut bytes, device as CUdevice)) != result::SUCCESS {
-            return None;
+        match real_call!(cuDeviceTotalMem_v2(&mut bytes, device as CUdevice)) {
+            result::SUCCESS => devices.push(bytes as u64),
+            code => return Err(code),
         }
-        devices.push(bytes as u64);
     }
     // SAFETY: sysconf has no preconditions.
     let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }.max(0) as u64;
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
-    Some(Machine { devices, host: pages * page })
+    Ok(Machine { devices, host: pages.saturating_mul(page) })
 }
 
 impl State {
@@ -153,7 +178,20 @@ impl State {
                 }
                 return Ok(None);
             };
-            let Some(machine) = machine() else { return Ok(None) };
+            let machine = match machine() {
+                Ok(machine) => machine,
+                Err(code) => {
+                    if self.machine_error.is_none() {
+                        eprintln!(
+                            "vvram: the driver cannot describe the machine yet (error {code} from cuDeviceGetCount/cuDeviceTotalMem): \
+                             the policy is not applied and allocations fail with that error until it can"
+                        );
+                    }
+                    self.machine_error = Some(code);
+                    return Ok(None);
+                }
+            };
+            self.machine_error = None;
             match resolve(policy, &machine) {
                 Ok(plan) => {
                     tracing::info!(origin = %self.policy_origin, devices = plan.devices.len(), "policy resolved against the machine");
@@ -171,18 +209,23 @@ impl State {
         Ok(self.manager.as_mut())
     }
 
+    /// Why a policy is in force but not applied: the driver's error reading the machine.
+    pub fn machine_error(&self) -> Option<CUresult> {
+        self.machine_error.filter(|_| self.policy.is_some())
+    }
+
     /// Replaces the policy: validated against the machine when the driver is up; applies
     /// to new allocations.
     pub fn set_policy(&mut self, policy: Policy, origin: String) -> Result<(), String> {
         match (&mut self.manager, machine()) {
-            (Some(manager), Some(machine)) => {
+            (Some(manager), Ok(machine)) => {
                 let plan = resolve(&policy, &machine).map_err(|e| e.to_string())?;
                 manager.set_plan(plan);
             }
-            (None, Some(machine)) => {
+            (None, Ok(machine)) => {
                 resolve(&policy, &machine).map_err(|e| e.to_string())?;
             }
-            (_, None) => {}
+            (_, Err(_)) => {}
         }
         self.policy = Some(policy);
         self.policy_origin = origin;

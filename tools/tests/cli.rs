@@ -154,18 +154,25 @@ fn stats_reads_a_live_process_and_agrees_with_vvram_stats_json() {
 /// waits until its statistics region exists.
 fn held_workload() -> (std::process::Child, String) {
     let policy = build_dir().join("cli-stats-held.toml");
-    std::fs::write(&policy, "[[device]]\nindex = 0\nlocal_budget = \"256MiB\"\ndonors = [{ tier = \"host\", capacity = \"768MiB\" }]\n").unwrap();
+    std::fs::write(&policy, "[[device]]\nindex = 0\nlocal_budget = \"16MiB\"\ndonors = [{ tier = \"host\", capacity = \"48MiB\" }]\n[host_pool]\npin_ahead = \"4MiB\"\n").unwrap();
     let mut child = vvram(&["demo-workload", "--hold"])
         .env("LD_PRELOAD", shim_library())
         .env("VVRAM_POLICY", &policy)
-        .env("FAKECUDA_DEVICES", "2GiB")
+        .env("FAKECUDA_DEVICES", "128MiB")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let region = format!("/dev/shm/vvram.{}", child.id());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while !lines.next().expect("the workload prints its stats").unwrap().starts_with("stats: ") {}
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().unwrap_or_else(|| panic!("the workload ended before printing its stats:\n{}", seen.join("\n"))).unwrap();
+        if line.starts_with("stats: ") {
+            break;
+        }
+        seen.push(line);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::path::Path::new(&region).exists() {
         assert!(Instant::now() < deadline, "no region {region}");

@@ -17,6 +17,28 @@ enum Side {
 }
 
 impl Side {
+    /// Whether `[address, address + len)` may be handed to the copy engine: the driver
+    /// refuses a NULL side, a range past 2^64, and a device range outside live allocations
+    /// and mappings with an error before queuing (a stream worker touching it would fault).
+    fn accepts(self, address: u64, len: usize) -> bool {
+        let Some(end) = address.checked_add(len as u64) else { return false };
+        if address == 0 {
+            return false;
+        }
+        if !matches!(self, Side::Device) {
+            return true;
+        }
+        let mut cursor = address;
+        while cursor < end {
+            cursor = match (memory::allocation_containing(cursor), memory::mapping_containing(cursor)) {
+                (Some((base, allocation)), _) => base + allocation.size.max(1),
+                (None, Some((base, mapping))) => base + mapping.size,
+                (None, None) => return false,
+            };
+        }
+        true
+    }
+
     /// The address the copy engine touches.
     fn view(self, address: u64) -> u64 {
         match self {
@@ -34,6 +56,12 @@ fn copy_bytes(dst: u64, src: u64, bytes: usize) -> impl FnOnce() + Send + 'stati
 
 fn copy(dst: (Side, u64), src: (Side, u64), bytes: usize, stream: CUstream, per_thread: bool, wait: bool) -> Outcome {
     current_device()?;
+    if bytes == 0 {
+        return Ok(());
+    }
+    if !dst.0.accepts(dst.1, bytes) || !src.0.accepts(src.1, bytes) {
+        return Err(result::INVALID_VALUE);
+    }
     let (dst, src) = (dst.0.view(dst.1), src.0.view(src.1));
     submit(&stream_of(stream, per_thread)?, wait, copy_bytes(dst, src, bytes));
     Ok(())
