@@ -53,3 +53,7 @@ pub const MODULE: &str = concat!(
     "  shl.b64 %rd6, %rd3, 2;\n  add.u64 %rd7, %rd8, %rd6;\n  ld.global.f32 %f1, [%rd7];\n  add.u64 %rd9, %rd1, %rd6;\n  st.global.f32 [%rd9], %f1;\n",
     "  add.u64 %rd3, %rd3, %rd5;\n  bra SC_LOOP;\nSC_DONE:\n  ret;\n}\n\0",
 );
+
+/// Every PTX text the repository carries, by name, NUL-terminated: CI assembles each
+/// with `ptxas` for every architecture from sm_75 on (scripts/cuda-check).
+pub const ALL: &[(&str, &str)] = &[("module", MODULE)];

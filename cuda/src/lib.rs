@@ -8,6 +8,7 @@
 #![allow(non_camel_case_types, non_snake_case)]
 
 pub mod kernels;
+pub mod layout;
 mod variants;
 
 pub use variants::{VARIANTS, Variant, answered, variant};
@@ -279,7 +280,8 @@ pub struct CUmemAccessDesc {
     pub flags: c_uint,
 }
 
-/// `CUlaunchAttribute` (opaque here: 8-byte id plus a 64-byte value union).
+/// `CUlaunchAttribute` (opaque here: 8-byte id plus a 64-byte value union, which holds
+/// 64-bit members and so aligns the struct to 8 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct CUlaunchAttribute {
@@ -287,8 +289,8 @@ pub struct CUlaunchAttribute {
     pub id: c_uint,
     /// Padding.
     pub pad: [u8; 4],
-    /// The value union.
-    pub value: [u8; 64],
+    /// The value union, as 64-bit words.
+    pub value: [u64; 8],
 }
 
 /// `CUlaunchConfig`, the first argument of `cuLaunchKernelEx`.
@@ -520,6 +522,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<CUmemAllocationProp>(), 32);
         assert_eq!(std::mem::size_of::<CUmemAccessDesc>(), 12);
         assert_eq!(std::mem::size_of::<CUlaunchAttribute>(), 72);
+        assert_eq!(std::mem::align_of::<CUlaunchAttribute>(), 8);
         assert_eq!(std::mem::offset_of!(CUlaunchConfig, hStream), 32);
         assert_eq!(std::mem::size_of::<CUlaunchConfig>(), 56);
     }
