@@ -1,10 +1,18 @@
-"""The vvram nodes. They only set policy and read statistics; libvvram.so does the work.
-Each takes an optional passthrough input of any type and returns it unchanged, so it
-can be wired in front of a loader and therefore runs before it."""
-import logging
+"""The vvram nodes (ComfyUI's V1 node API; v3.py declares the same nodes on the current
+API). They only set policy and read statistics; libvvram.so does the work.
 
-from . import vvram_shim
-from .presets import CARDS, FAMILIES, preset_text
+Each takes an optional passthrough input of any type and returns it unchanged, so it can
+be wired in front of a loader and therefore runs before it. The nodes that change a setting
+of the shim run on every prompt (their fingerprint is never equal to the last one): a
+setting is global state, and a cached node would leave whatever the previous prompt set in
+force. Everything wired after them therefore runs again too."""
+import logging
+import os
+import tempfile
+import uuid
+
+from . import report, startup, vvram_shim
+from .presets import AUTO_CARD, CARDS, FAMILIES, Preset
 
 CATEGORY = "vvram"
 log = logging.getLogger("vvram")
@@ -24,137 +32,225 @@ class AnyType(str):
 
 
 ANY = AnyType("*")
-PASSTHROUGH = {"passthrough": (ANY, {"tooltip": "Anything: returned unchanged, to order this node before a loader."})}
+PASSTHROUGH_TOOLTIP = (
+    "Anything (a file name, a model, a latent): returned unchanged. Wire it in front of a loader, "
+    "e.g. the checkpoint name into the loader's ckpt_name, so this node runs first."
+)
+PHASES = ["load", "sampling", "none"]
 
 
-def _apply(action):
-    """Runs a control API call; without the shim, says so instead (ComfyUI keeps working)."""
-    if not vvram_shim.available():
-        log.warning(vvram_shim.NOT_LOADED)
-        return vvram_shim.NOT_LOADED
-    return action()
+class Field:
+    """One input, declared once for both node APIs."""
+
+    def __init__(self, name, kind, tooltip, default=None, options=None, optional=False, **extra):
+        self.name, self.kind, self.tooltip, self.default = name, kind, tooltip, default
+        self.options, self.optional, self.extra = options, optional, extra
+
+    def v1(self):
+        """The V1 `INPUT_TYPES` entry."""
+        settings = {"tooltip": self.tooltip, **self.extra}
+        if self.default is not None:
+            settings["default"] = self.default
+        if self.kind == "COMBO":
+            return (list(self.options), settings)
+        return (self.kind, settings)
+
+
+def input_types(fields):
+    """V1 `INPUT_TYPES` from fields, with the passthrough last."""
+    types = {"required": {}, "optional": {}}
+    for field in fields:
+        types["optional" if field.optional else "required"][field.name] = field.v1()
+    types["optional"]["passthrough"] = (ANY, {"tooltip": PASSTHROUGH_TOOLTIP})
+    return types
+
+
+def compute_devices():
+    """The CUDA devices this process sees (`cuda:0`, ...), at least `cuda:0`."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        count = 0
+    return [f"cuda:{i}" for i in range(max(1, count))]
+
+
+def _unloaded():
+    """Whether libvvram.so is missing from the process."""
+    return not vvram_shim.available()
 
 
 class _SettingNode:
-    """Base of the nodes that change a setting of the shim: passthrough in, passthrough and
-    a status line out. Subclasses declare INPUT_TYPES and `install(**inputs) -> status`."""
+    """Base of the nodes that change a setting of the shim: passthrough in, passthrough
+    and a status line out, the status also shown on the node. Subclasses declare their
+    inputs (`fields()`), a DESCRIPTION and `install(**inputs) -> status`."""
 
     RETURN_TYPES = (ANY, "STRING")
     RETURN_NAMES = ("passthrough", "status")
+    OUTPUT_TOOLTIPS = ("The passthrough input, unchanged.", "What this node set, or why it changed nothing.")
     FUNCTION = "apply"
     CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return input_types(cls.fields())
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return float("nan")
 
     def apply(self, passthrough=None, **inputs):
-        return (passthrough, _apply(lambda: self.install(**inputs)))
+        if _unloaded():
+            status = startup.not_loaded_message()
+        else:
+            status = self.install(**inputs)
+            log.debug("%s", status)
+        return {"ui": {"text": [status]}, "result": (passthrough, status)}
 
 
 class PolicyPreset(_SettingNode):
-    """vvram Policy (preset): a tested policy for a model family and card size."""
+    DESCRIPTION = (
+        "Sets a tested placement policy for a model family on a card size: how much of the card vvram uses "
+        "and how much pinned host RAM extends it. The host amount is the model's need, lowered to 3/4 of "
+        "this machine's RAM where that is less (the status says so). Use it in front of the loaders when "
+        "you don't want to write a policy."
+    )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {"family": (list(FAMILIES),), "card": (CARDS, {"default": "24 GB"})},
-            "optional": dict(PASSTHROUGH),
-        }
+    def fields(cls):
+        return [
+            Field("family", "COMBO", "The model family the workflow loads; sets how much host RAM the preset asks for.", options=list(FAMILIES)),
+            Field(
+                "card",
+                "COMBO",
+                f"The card the workflow computes on. `{AUTO_CARD}` gives vvram 85% of the card it runs on; a size keeps "
+                "about 1.5-3 GiB of that card free for the driver, cuBLAS and the display.",
+                default=AUTO_CARD,
+                options=CARDS,
+            ),
+        ]
 
     def install(self, family, card):
-        vvram_shim.set_policy_toml(preset_text(family, card))
-        return f"vvram policy: {family} on a {card} card"
+        preset = Preset(family, card)
+        vvram_shim.set_policy_toml(preset.text, name=preset.name)
+        return preset.describe()
 
 
 class PolicyToml(_SettingNode):
-    """vvram Policy (TOML): any policy, validated by the shim."""
-
-    DEFAULT = '[[device]]\nindex = 0\nlocal_budget = "20GiB"\ndonors = [{ tier = "host", capacity = "32GiB" }]\n'
+    DESCRIPTION = (
+        "Sets any placement policy written in TOML (the README's policy reference): budgets, donors, rules by "
+        "size, phase and tag. The shim checks it against this machine; an invalid one fails this node with "
+        "NAME:LINE:COLUMN and what would be valid. Use it when a preset does not fit your workflow."
+    )
+    DEFAULT = '[[device]]\nindex = 0\nlocal_budget = { fraction = 0.85 }\ndonors = [{ tier = "host", capacity = { fraction = 0.5 } }]\n'
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"toml": ("STRING", {"multiline": True, "default": cls.DEFAULT})}, "optional": dict(PASSTHROUGH)}
+    def fields(cls):
+        return [
+            Field("toml", "STRING", "The policy. Amounts may be sizes (\"10GiB\"), \"*\", { fraction = 0.5 } or { share = 8 }.", default=cls.DEFAULT, multiline=True),
+            Field("name", "STRING", "A name for this policy in error messages and in Stats (empty: <policy>).", default="", optional=True),
+        ]
 
-    def install(self, toml):
-        vvram_shim.set_policy_toml(toml)
-        return "vvram policy: set from TOML"
+    def install(self, toml, name=""):
+        vvram_shim.set_policy_toml(toml, name=name.strip() or None)
+        return f"vvram policy: {name.strip() or '<policy>'} set from TOML"
 
 
 class Allocation(_SettingNode):
-    """vvram Allocation: a DisTorch2 allocation string, as in ComfyUI-MultiGPU."""
+    DESCRIPTION = (
+        "Sets the policy the ComfyUI-MultiGPU way: the card to compute on and how many GB of virtual VRAM a "
+        "donor (host RAM or another card) adds to it. Unlike DisTorch2, vvram's amount for the compute card is "
+        "its whole budget, activations included, not only weights; the simple mode gives vvram all of the card. "
+        "An expert DisTorch2 string replaces the simple inputs."
+    )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "allocation": ("STRING", {"default": "cuda:0,20gb;cpu,*"}),
-                "compute_device": ("INT", {"default": 0, "min": 0, "max": 63}),
-            },
-            "optional": dict(PASSTHROUGH),
-        }
+    def fields(cls):
+        devices = compute_devices()
+        return [
+            Field("compute_device", "COMBO", "The card the model computes on (CUDA index as this process sees it).", default=devices[0], options=devices),
+            Field("virtual_vram_gb", "FLOAT", "GB the donor adds to the compute card (binary GB, as in ComfyUI-MultiGPU).", default=8.0, min=0.0, max=1024.0, step=0.5),
+            Field("donor_device", "COMBO", "Where the extra memory lives: pinned host RAM (cpu) or another card.", default="cpu", options=["cpu", *devices]),
+            Field(
+                "expert_allocation",
+                "STRING",
+                "A DisTorch2 allocation string such as cuda:0,2.5gb;cpu,* (bytes), cuda:0,8%;cpu,4% (ratio) or "
+                "cuda:0,0.9;cpu,0.5 (fraction). Not empty: used instead of the inputs above.",
+                default="",
+                optional=True,
+            ),
+        ]
 
-    def install(self, allocation, compute_device):
-        vvram_shim.set_alloc(allocation, compute_device)
-        return f"vvram allocation: {allocation} (compute device cuda:{compute_device})"
+    def install(self, compute_device, virtual_vram_gb, donor_device, expert_allocation=""):
+        device = int(compute_device.split(":")[1])
+        allocation = expert_allocation.strip()
+        if not allocation:
+            if donor_device == compute_device:
+                raise ValueError(f"the donor must be another device than the compute device {compute_device}")
+            allocation = f"{compute_device},*" + (f";{donor_device},{virtual_vram_gb:g}gb" if virtual_vram_gb > 0 else "")
+        vvram_shim.set_alloc(allocation, device)
+        return f"vvram allocation: {allocation} (compute device {compute_device})"
 
 
 class Phase(_SettingNode):
-    """vvram Phase: the phase name placement rules match on (empty clears it)."""
+    DESCRIPTION = (
+        "Sets the phase that placement rules match on, e.g. `load` in front of a loader and `sampling` after "
+        "it, so weights and activations land where the policy's rules say. `none` clears it."
+    )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"phase": ("STRING", {"default": "load"})}, "optional": dict(PASSTHROUGH)}
+    def fields(cls):
+        return [
+            Field("phase", "COMBO", "The phase name: load and sampling are the ones vvram's default rules and the presets know.", default="load", options=PHASES),
+            Field("custom_phase", "STRING", "Any other phase name your policy's rules use (letters, digits, _ - .); not empty: used instead.", default="", optional=True),
+        ]
 
-    def install(self, phase):
-        vvram_shim.set_phase(phase.strip())
-        return f"vvram phase: {phase.strip() or 'none'}"
-
-
-def _size(n):
-    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if n >= unit:
-            return f"{n / unit:.2f} {name}"
-    return f"{n} B"
+    def install(self, phase, custom_phase=""):
+        name = custom_phase.strip() or ("" if phase == "none" else phase)
+        vvram_shim.set_phase(name)
+        return f"vvram phase: {name or 'none'}"
 
 
-def render_table(stats):
-    """The statistics as a readable table."""
-    lines = [f"vvram {stats['version']} — policy {stats.get('policy') or 'none'}, phase {stats.get('phase') or 'none'}"]
-    for device in stats["devices"]:
-        lines.append(f"device {device['device']}: the application sees {_size(device['reported_total'])}, {device['allocations']} live allocations")
-        for tier in device["tiers"]:
-            share = 100.0 * tier["used"] / tier["capacity"] if tier["capacity"] else 0.0
-            lines.append(f"  {tier['tier']:<8} {_size(tier['used']):>12} of {_size(tier['capacity']):>12}  {share:5.1f}%")
-    lines.append(
-        f"allocations {stats['allocations']}, freed {stats['frees']}, out of memory {stats['out_of_memory']}, "
-        f"CPU-copied to host tier {_size(stats['fast_h2d_bytes'])}, host pool {_size(stats['host_pool_bytes'])}, errors {stats['errors']}"
-    )
-    return "\n".join(lines)
+def _ui_image(array):
+    """Saves an image for the node's preview (ComfyUI's temp folder) and names it as
+    ComfyUI's UI output does."""
+    try:
+        import folder_paths
+
+        directory = folder_paths.get_temp_directory()
+    except ImportError:
+        directory = tempfile.gettempdir()
+    os.makedirs(directory, exist_ok=True)
+    name = f"vvram_stats_{uuid.uuid4().hex[:12]}.png"
+    report.Image.fromarray((array * 255).round().astype("uint8")).save(os.path.join(directory, name), compress_level=1)
+    return {"filename": name, "subfolder": "", "type": "temp"}
 
 
-def render_chart(stats, width=512, bar_height=28):
-    """A bar per tier (used over budget) as an RGB image array, H x W x 3 floats in [0, 1]."""
-    import numpy as np
+def _image_output(array):
+    try:
+        import torch
 
-    tiers = [(d["device"], t) for d in stats["devices"] for t in d["tiers"]]
-    height = max(1, len(tiers)) * (bar_height + 8) + 8
-    image = np.ones((height, width, 3), dtype=np.float32) * 0.12
-    colours = {"local": (0.30, 0.75, 0.35), "host": (0.35, 0.55, 0.90)}
-    for row, (_, tier) in enumerate(tiers):
-        top = 8 + row * (bar_height + 8)
-        image[top : top + bar_height, 8 : width - 8] = 0.25
-        used = tier["used"] / tier["capacity"] if tier["capacity"] else 0.0
-        filled = int((width - 16) * min(1.0, used))
-        image[top : top + bar_height, 8 : 8 + filled] = colours.get(tier["tier"], (0.85, 0.60, 0.25))
-    return image
+        return torch.from_numpy(array)[None]
+    except ImportError:
+        return array[None]
 
 
 class Stats:
-    """vvram Stats: what lives where, bytes moved, errors; as text and as a bar chart."""
+    DESCRIPTION = (
+        "Shows what lives where: for each card under vvram, the bytes on the card, on peer cards and in pinned "
+        "host RAM against their budgets, as a table and a labelled chart on the node, plus allocations, "
+        "out-of-memory answers and errors. Runs on every prompt; wire it after the sampler to see the peak."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}, "optional": dict(PASSTHROUGH)}
+        return input_types([])
 
     RETURN_TYPES = (ANY, "STRING", "IMAGE")
     RETURN_NAMES = ("passthrough", "table", "chart")
+    OUTPUT_TOOLTIPS = ("The passthrough input, unchanged.", "The statistics as text.", "The chart as an image.")
     FUNCTION = "show"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
@@ -164,20 +260,17 @@ class Stats:
         return float("nan")
 
     def show(self, passthrough=None):
-        if not vvram_shim.available():
-            stats = {"version": "-", "devices": [], "allocations": 0, "frees": 0, "out_of_memory": 0, "fast_h2d_bytes": 0, "host_pool_bytes": 0, "errors": 0}
-            table = vvram_shim.NOT_LOADED
+        if _unloaded():
+            table = startup.not_loaded_message()
+            chart = report.render_message("vvram is not loaded in this ComfyUI process", table)
         else:
             stats = vvram_shim.stats()
-            table = render_table(stats)
-        chart = render_chart(stats)
-        try:
-            import torch
-
-            chart = torch.from_numpy(chart)[None]
-        except ImportError:
-            chart = chart[None]
-        return {"ui": {"text": [table]}, "result": (passthrough, table, chart)}
+            if stats.get("policy_error"):
+                raise vvram_shim.PolicyError(f"policy {stats.get('policy')} does not fit this machine: {stats['policy_error']}")
+            table = report.render_table(stats)
+            chart = report.render_chart(stats)
+        ui = {"text": [table], "images": [_ui_image(chart)]}
+        return {"ui": ui, "result": (passthrough, table, _image_output(chart))}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,19 +1,26 @@
 """The same nodes on ComfyUI's current node API (comfy_api.latest), used when the
-installed ComfyUI has it. Each node's work is the V1 class's method in nodes.py."""
+installed ComfyUI has it. Inputs, descriptions and work are the V1 classes' in nodes.py."""
 from comfy_api.latest import ComfyExtension, io
 
 from . import nodes
-from .presets import CARDS, FAMILIES
 
-PASSTHROUGH_IN = io.AnyType.Input("passthrough", optional=True, tooltip="Anything: returned unchanged, to order this node before a loader.")
-
-
-def _outputs(*extra):
-    return [io.AnyType.Output("passthrough_out", display_name="passthrough"), *extra]
+PASSTHROUGH_IN = io.AnyType.Input("passthrough", optional=True, tooltip=nodes.PASSTHROUGH_TOOLTIP)
+PASSTHROUGH_OUT = io.AnyType.Output("passthrough_out", display_name="passthrough", tooltip="The passthrough input, unchanged.")
 
 
-def _setting_node(node_id, v1_class, inputs):
-    """A V3 node whose work is `v1_class().apply` (a nodes._SettingNode)."""
+def _input(field):
+    """A V3 input from a nodes.Field."""
+    common = {"optional": field.optional, "tooltip": field.tooltip, "default": field.default}
+    if field.kind == "COMBO":
+        return io.Combo.Input(field.name, options=list(field.options), **common)
+    if field.kind == "FLOAT":
+        return io.Float.Input(field.name, min=field.extra["min"], max=field.extra["max"], step=field.extra["step"], **common)
+    return io.String.Input(field.name, multiline=field.extra.get("multiline", False), **common)
+
+
+def _setting_node(node_id, v1_class):
+    """A V3 node whose inputs and work are `v1_class`'s (a nodes._SettingNode). It runs on
+    every prompt: its fingerprint is never equal to the previous one."""
 
     class Node(io.ComfyNode):
         @classmethod
@@ -22,39 +29,47 @@ def _setting_node(node_id, v1_class, inputs):
                 node_id=node_id,
                 display_name=nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id],
                 category=nodes.CATEGORY,
-                description=v1_class.__doc__,
-                inputs=[*inputs, PASSTHROUGH_IN],
-                outputs=_outputs(io.String.Output("status")),
+                description=v1_class.DESCRIPTION,
+                inputs=[*map(_input, v1_class.fields()), PASSTHROUGH_IN],
+                outputs=[PASSTHROUGH_OUT, io.String.Output("status", display_name="status", tooltip=v1_class.OUTPUT_TOOLTIPS[1])],
+                is_output_node=True,
+                not_idempotent=True,
             )
 
         @classmethod
+        def fingerprint_inputs(cls, **_):
+            return float("nan")
+
+        @classmethod
         def execute(cls, **inputs):
-            return io.NodeOutput(*v1_class().apply(**inputs))
+            shown = v1_class().apply(**inputs)
+            return io.NodeOutput(*shown["result"], ui=shown["ui"])
 
     Node.__name__ = Node.__qualname__ = node_id
     return Node
 
 
-VvramPolicyPreset = _setting_node(
-    "VvramPolicyPreset", nodes.PolicyPreset, [io.Combo.Input("family", options=list(FAMILIES)), io.Combo.Input("card", options=CARDS, default="24 GB")]
-)
-VvramPolicyToml = _setting_node("VvramPolicyToml", nodes.PolicyToml, [io.String.Input("toml", multiline=True, default=nodes.PolicyToml.DEFAULT)])
-VvramAllocation = _setting_node(
-    "VvramAllocation", nodes.Allocation, [io.String.Input("allocation", default="cuda:0,20gb;cpu,*"), io.Int.Input("compute_device", default=0, min=0, max=63)]
-)
-VvramPhase = _setting_node("VvramPhase", nodes.Phase, [io.String.Input("phase", default="load")])
+VvramPolicyPreset = _setting_node("VvramPolicyPreset", nodes.PolicyPreset)
+VvramPolicyToml = _setting_node("VvramPolicyToml", nodes.PolicyToml)
+VvramAllocation = _setting_node("VvramAllocation", nodes.Allocation)
+VvramPhase = _setting_node("VvramPhase", nodes.Phase)
 
 
 class VvramStats(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        tooltips = nodes.Stats.OUTPUT_TOOLTIPS
         return io.Schema(
             node_id="VvramStats",
             display_name="vvram Stats",
             category=nodes.CATEGORY,
-            description=nodes.Stats.__doc__,
+            description=nodes.Stats.DESCRIPTION,
             inputs=[PASSTHROUGH_IN],
-            outputs=_outputs(io.String.Output("table"), io.Image.Output("chart")),
+            outputs=[
+                PASSTHROUGH_OUT,
+                io.String.Output("table", display_name="table", tooltip=tooltips[1]),
+                io.Image.Output("chart", display_name="chart", tooltip=tooltips[2]),
+            ],
             is_output_node=True,
             not_idempotent=True,
         )

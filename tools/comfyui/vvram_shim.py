@@ -4,18 +4,10 @@ import ctypes
 import json
 import os
 
-START_COMMAND = (
-    "vvram run --policy POLICY.toml -- python main.py --disable-dynamic-vram"
-)
-NOT_LOADED = (
-    "vvram is not loaded in this ComfyUI process, so this node changes nothing. "
-    f"Start ComfyUI under it: `{START_COMMAND}` "
-    "(or LD_PRELOAD=/path/to/libvvram.so VVRAM_POLICY=POLICY.toml python main.py --disable-dynamic-vram)."
-)
-
 
 class PolicyError(ValueError):
-    """The shim refused a policy; the message names line and column."""
+    """The shim refused a policy (the message names line and column), or the policy in
+    force does not fit the machine."""
 
 
 def _library():
@@ -28,6 +20,8 @@ def _library():
     version.restype = ctypes.c_char_p
     process.vvram_set_policy_toml.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
     process.vvram_set_policy_toml.restype = ctypes.c_int
+    process.vvram_set_policy_named.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+    process.vvram_set_policy_named.restype = ctypes.c_int
     process.vvram_set_alloc.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
     process.vvram_set_alloc.restype = ctypes.c_int
     process.vvram_set_phase.argtypes = [ctypes.c_char_p]
@@ -51,7 +45,7 @@ def version():
 def _require():
     lib = _library()
     if lib is None:
-        raise RuntimeError(NOT_LOADED)
+        raise RuntimeError("libvvram.so is not loaded in this process")
     return lib
 
 
@@ -62,11 +56,16 @@ def _checked(code, error, what):
         raise RuntimeError(f"vvram refused {what} (code {code})")
 
 
-def set_policy_toml(text):
-    """Replaces the policy with a TOML text; raises PolicyError with line:column."""
+def set_policy_toml(text, name=None):
+    """Replaces the policy with a TOML text; raises PolicyError with NAME:line:column
+    (`<policy>` without a name). The name is what statistics show as the policy."""
     lib = _require()
     error = ctypes.create_string_buffer(4096)
-    _checked(lib.vvram_set_policy_toml(text.encode(), error, len(error)), error, "the policy")
+    if name is None:
+        code = lib.vvram_set_policy_toml(text.encode(), error, len(error))
+    else:
+        code = lib.vvram_set_policy_named(name.encode(), text.encode(), error, len(error))
+    _checked(code, error, "the policy")
 
 
 def set_alloc(allocation, device=0):
@@ -85,7 +84,8 @@ def set_phase(phase):
 
 
 def stats():
-    """The live state as a dict (see include/vvram.h for the fields)."""
+    """The live state as a dict (see include/vvram.h for the fields; `policy_error` says
+    why the policy in force does not fit the machine)."""
     lib = _require()
     size = 1 << 14
     while True:

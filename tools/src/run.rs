@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode};
 ///
 /// The command replaces vvram (exec): its exit code and signals are its own.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  vvram run --policy examples/policies/flux-dev-24gb.toml -- python main.py --disable-dynamic-vram\n  vvram run --alloc \"cuda:0,20gb;cpu,*\" -- python my_script.py\n\nExit codes: the command's own; 2 invalid policy; 1 libvvram.so not found; 127 the command cannot be run.\nlibvvram.so is taken from VVRAM_LIB, else beside the vvram binary (or ../lib), else from the
+#[command(after_help = "Examples:\n  vvram run --policy examples/policies/flux-dev-24gb.toml -- python main.py\n  vvram run --alloc \"cuda:0,20gb;cpu,*\" -- python my_script.py\n\nComfyUI: versions with Dynamic VRAM (comfy-aimdo; `python main.py --help` lists --disable-dynamic-vram) need\n--disable-dynamic-vram after main.py, or two memory managers fight; older versions exit 2 on that flag.\nThe vvram ComfyUI nodes log the exact command for the ComfyUI they are installed in.\n\nExit codes: the command's own; 2 invalid policy; 1 libvvram.so not found; 127 the command cannot be run.\nlibvvram.so is taken from VVRAM_LIB, else beside the vvram binary (or ../lib), else from the
 vvram Python package that `pip install vvram` installed with this binary.")]
 pub struct RunArgs {
     /// Policy file (TOML).

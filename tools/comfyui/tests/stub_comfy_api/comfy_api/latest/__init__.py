@@ -18,7 +18,7 @@ class ComfyExtension(ABC):
 
 class _Input:
     def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, extra_dict=None, raw_link=None):
-        self.id, self.optional = id, optional
+        self.id, self.optional, self.tooltip = id, optional, tooltip
 
 
 class _WidgetInput(_Input):
@@ -29,7 +29,7 @@ class _WidgetInput(_Input):
 
 class _Output:
     def __init__(self, id=None, display_name=None, tooltip=None, is_output_list=False):
-        self.id = id
+        self.id, self.display_name, self.tooltip = id, display_name, tooltip
 
 
 class _StringInput(_WidgetInput):
@@ -39,6 +39,11 @@ class _StringInput(_WidgetInput):
 
 class _IntInput(_WidgetInput):
     def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None, max=None, step=None, control_after_generate=None, display_mode=None, socketless=None, force_input=None, extra_dict=None, raw_link=None):
+        super().__init__(id, display_name, optional, tooltip, lazy, default)
+
+
+class _FloatInput(_WidgetInput):
+    def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None, max=None, step=None, round=None, display_mode=None, socketless=None, force_input=None, extra_dict=None, raw_link=None):
         super().__init__(id, display_name, optional, tooltip, lazy, default)
 
 
@@ -98,6 +103,7 @@ io = SimpleNamespace(
     Image=_type(),
     String=_type(_StringInput),
     Int=_type(_IntInput),
+    Float=_type(_FloatInput),
     Combo=_type(_ComboInput),
 )
 IO = io
