@@ -13,7 +13,7 @@ fn manager() -> MemoryManager<MemoryDriver> {
         "[[device]]\nindex = 0\nlocal_budget = \"20GiB\"\ndonors = [{ tier = \"host\", capacity = \"40GiB\" }]\n[[rule]]\nmax_size = \"8MiB\"\ntiers = [\"local\"]\n[[rule]]\ntiers = [\"local\", \"host\"]\n",
     )
     .expect("bench policy");
-    let plan = resolve(&policy, &Machine { devices: vec![24 * GIB], host: 64 * GIB }).expect("bench plan");
+    let plan = resolve(&policy, &Machine { devices: vec![24 * GIB], host: 64 * GIB, ..Machine::default() }).expect("bench plan");
     MemoryManager::new(MemoryDriver::new(), plan)
 }
 

@@ -5,7 +5,7 @@ use vvram_policy::{Machine, Plan, Tier, parse_policy, resolve};
 
 fn plan(toml: &str) -> Plan {
     let policy = parse_policy("test.toml", toml).unwrap();
-    resolve(&policy, &Machine { devices: vec![24 * GIB, 24 * GIB], host: 64 * GIB }).unwrap()
+    resolve(&policy, &Machine { devices: vec![24 * GIB, 24 * GIB], host: 64 * GIB, ..Machine::default() }).unwrap()
 }
 
 const LOCAL_THEN_HOST: &str = "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"host\", capacity = \"128MiB\" }]\n[host_pool]\npin_ahead = \"8MiB\"\n";

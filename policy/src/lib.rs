@@ -62,7 +62,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(strip(&from_string), strip(&from_toml), "{alloc}");
-        let machine = Machine { devices: vec![24 << 30, 24 << 30], host: 64 << 30 };
+        let machine = Machine { devices: vec![24 << 30, 24 << 30], host: 64 << 30, ..Machine::default() };
         let plan = |p: &Policy| {
             let mut plan = resolve(p, &machine).unwrap();
             plan.devices.iter_mut().for_each(|d| d.rules.iter_mut().for_each(|r| r.at = Location::default()));

@@ -210,16 +210,29 @@ impl Default for Streaming {
     }
 }
 
-/// The physical machine: what each GPU and the host hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The physical machine: what each GPU and the host hold, which GPUs reach each other,
+/// and whether the host tier can work at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Machine {
     /// Total memory of each CUDA device, by index.
     pub devices: Vec<u64>,
     /// Total host RAM.
     pub host: u64,
+    /// `peers[a][b]`: GPU `a` can access GPU `b`'s memory (`cuDeviceCanAccessPeer`).
+    /// Empty when unknown (a machine described on the command line): every pair is
+    /// taken to reach.
+    pub peers: Vec<Vec<bool>>,
+    /// Why host-located memory cannot serve as a tier here (no host VMM support, no way
+    /// to grant the CPU access), if it cannot.
+    pub host_unusable: Option<String>,
 }
 
 impl Machine {
+    /// Whether GPU `device` can access GPU `peer`'s memory.
+    pub fn reaches(&self, device: u32, peer: u32) -> bool {
+        self.peers.is_empty() || self.peers.get(device as usize).and_then(|row| row.get(peer as usize)).copied().unwrap_or(false)
+    }
+
     /// Parses `--devices "0:24GiB,1:24GiB"` (indices must run 0, 1, …; `24GiB,24GiB` also works)
     /// and `--host 64GiB`.
     pub fn from_args(devices: &str, host: &str) -> Result<Machine, String> {
@@ -247,7 +260,7 @@ impl Machine {
             sizes.push(bytes);
         }
         let host = crate::size::parse_size(host).map_err(|e| format!("--host `{host}`: {e}"))?;
-        Ok(Machine { devices: sizes, host })
+        Ok(Machine { devices: sizes, host, ..Machine::default() })
     }
 }
 

@@ -333,7 +333,7 @@ impl Source<'_> {
         if devices.is_empty() || devices.contains(&0) {
             return Err(self.error(span, "`devices` lists each GPU's memory, e.g. [\"24GiB\", \"24GiB\"]; none may be zero"));
         }
-        Ok(Machine { devices, host: raw.host.into_inner().0 })
+        Ok(Machine { devices, host: raw.host.into_inner().0, ..Machine::default() })
     }
 
     fn device(&self, raw: RawDevice) -> Result<DevicePolicy, PolicyError> {

@@ -201,8 +201,23 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
                         ),
                     ));
                 }
+                Tier::Peer(n) if !machine.reaches(device.index, n) => {
+                    return Err(error(
+                        donor.at,
+                        format!(
+                            "peer:{n} cannot donate to GPU {}: the driver says GPU {} cannot access GPU {n}'s memory \
+                             (cuDeviceCanAccessPeer, no peer link); remove this donor or use a GPU it reaches",
+                            device.index, device.index
+                        ),
+                    ));
+                }
                 Tier::Peer(n) => Pool::Gpu(n),
-                _ => Pool::Host,
+                _ => {
+                    if let Some(why) = &machine.host_unusable {
+                        return Err(error(donor.at, format!("the host tier cannot be used on this machine: {why}")));
+                    }
+                    Pool::Host
+                }
             };
             if matches!(donor.capacity, Amount::Share(_)) && !matches!(device.local_budget, Amount::Share(_)) {
                 return Err(error(
@@ -349,8 +364,23 @@ mod tests {
     use crate::parse::parse_policy;
     use crate::size::MIB;
 
+    #[test]
+    fn peers_must_reach_and_the_host_tier_must_work() {
+        let policy = parse_policy("p.toml", "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"peer:1\", capacity = \"8GiB\" }, { tier = \"host\", capacity = \"8GiB\" }]\n").unwrap();
+        let mut isolated = machine();
+        isolated.peers = vec![vec![false, false], vec![false, false]];
+        let error = resolve(&policy, &isolated).unwrap_err().to_string();
+        assert!(error.contains("p.toml:4") && error.contains("peer:1 cannot donate to GPU 0") && error.contains("cuDeviceCanAccessPeer"), "{error}");
+        isolated.peers = vec![vec![false, true], vec![true, false]];
+        isolated.host_unusable = Some("the driver has no host VMM support".into());
+        let error = resolve(&policy, &isolated).unwrap_err().to_string();
+        assert!(error.contains("the host tier cannot be used on this machine: the driver has no host VMM support"), "{error}");
+        isolated.host_unusable = None;
+        assert!(resolve(&policy, &isolated).is_ok());
+    }
+
     fn machine() -> Machine {
-        Machine { devices: vec![24 * GIB, 24 * GIB], host: 64 * GIB }
+        Machine { devices: vec![24 * GIB, 24 * GIB], host: 64 * GIB, ..Machine::default() }
     }
 
     fn plan(text: &str) -> Result<Plan, PolicyError> {
@@ -397,7 +427,7 @@ mod tests {
 
     #[test]
     fn exabyte_machines_and_budgets_do_not_overflow() {
-        let huge = Machine { devices: vec![u64::MAX, u64::MAX], host: u64::MAX };
+        let huge = Machine { devices: vec![u64::MAX, u64::MAX], host: u64::MAX, ..Machine::default() };
         let policy = parse_policy("p.toml", "[[device]]\nindex = 0\nlocal_budget = \"*\"\ndonors = [{ tier = \"peer:1\", capacity = \"*\" }, { tier = \"host\", capacity = \"*\" }]\n").unwrap();
         let e = resolve(&policy, &huge).unwrap_err();
         assert!(e.message.contains("more than 16 EiB"), "{e}");
@@ -433,7 +463,7 @@ mod tests {
 
     #[test]
     fn machines_with_absurd_gpu_counts_are_refused() {
-        let machine = Machine { devices: vec![GIB; 100_000], host: GIB };
+        let machine = Machine { devices: vec![GIB; 100_000], host: GIB, ..Machine::default() };
         let policy = parse_policy("p.toml", "[[device]]\nindex = 0\nlocal_budget = \"*\"\n").unwrap();
         assert!(resolve(&policy, &machine).unwrap_err().message.contains("at most 256"));
     }

@@ -10,6 +10,7 @@ mod doors;
 mod hooks;
 mod log;
 mod ops;
+mod probe;
 mod real;
 mod runtime;
 

@@ -16,7 +16,7 @@ fn check(code: CUresult) -> Result<(), CUresult> {
 pub fn mem_location(location: Location) -> CUmemLocation {
     match location {
         Location::Device(n) => CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: n as i32 },
-        Location::Host => CUmemLocation { type_: CU_MEM_LOCATION_TYPE_HOST_NUMA, id: 0 },
+        Location::Host => crate::probe::host_location(),
     }
 }
 
@@ -57,7 +57,7 @@ impl Driver for RealOps {
         let read_write = |location| CUmemAccessDesc { location, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
         let mut descs = vec![read_write(CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: device as i32 })];
         if host {
-            descs.push(read_write(CUmemLocation { type_: CU_MEM_LOCATION_TYPE_HOST, id: 0 }));
+            descs.push(read_write(crate::probe::host_access_location()));
         }
         check(real_call!(cuMemSetAccess(address, size as usize, descs.as_ptr(), descs.len())))
     }

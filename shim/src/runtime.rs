@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use vvram_allocator::MemoryManager;
 use vvram_cuda::{CUdevice, CUresult, result};
-use vvram_policy::{Machine, Policy, parse_policy, policy_from_allocation, read_policy_file, resolve, valid_name};
+use vvram_policy::{Plan, Tier, Machine, Policy, parse_policy, policy_from_allocation, read_policy_file, resolve, valid_name};
 use vvram_stats::Region;
 
 /// The shim's mutable state, behind one lock.
@@ -144,7 +144,22 @@ fn machine() -> Result<Machine, CUresult> {
     // SAFETY: sysconf has no preconditions.
     let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }.max(0) as u64;
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
-    Ok(Machine { devices, host: pages.saturating_mul(page) })
+    let peers = crate::probe::peers(devices.len());
+    let host_unusable = crate::probe::host_tier().err();
+    Ok(Machine { devices, host: pages.saturating_mul(page), peers, host_unusable })
+}
+
+/// A plan whose GPUs (compute devices and peer donors) all have a granularity that
+/// divides vvram's chunks; the message names the GPU otherwise.
+fn granularities_fit(plan: Plan) -> Result<Plan, String> {
+    let gpus = plan.devices.iter().flat_map(|d| {
+        std::iter::once(d.index).chain(d.donors.iter().filter_map(|(tier, _)| match tier {
+            Tier::Peer(n) => Some(*n),
+            _ => None,
+        }))
+    });
+    crate::probe::device_granularities(gpus)?;
+    Ok(plan)
 }
 
 impl State {
@@ -192,14 +207,13 @@ impl State {
                 }
             };
             self.machine_error = None;
-            match resolve(policy, &machine) {
+            match resolve(policy, &machine).map_err(|e| e.to_string()).and_then(granularities_fit) {
                 Ok(plan) => {
                     tracing::info!(origin = %self.policy_origin, devices = plan.devices.len(), "policy resolved against the machine");
                     self.manager = Some(MemoryManager::new(RealOps, plan));
                     start_background();
                 }
                 Err(error) => {
-                    let error = error.to_string();
                     tracing::error!(origin = %self.policy_origin, %error, "the policy does not fit this machine");
                     self.policy_error = Some(error.clone());
                     return Err(error);
@@ -219,11 +233,11 @@ impl State {
     pub fn set_policy(&mut self, policy: Policy, origin: String) -> Result<(), String> {
         match (&mut self.manager, machine()) {
             (Some(manager), Ok(machine)) => {
-                let plan = resolve(&policy, &machine).map_err(|e| e.to_string())?;
+                let plan = resolve(&policy, &machine).map_err(|e| e.to_string()).and_then(granularities_fit)?;
                 manager.set_plan(plan);
             }
             (None, Ok(machine)) => {
-                resolve(&policy, &machine).map_err(|e| e.to_string())?;
+                resolve(&policy, &machine).map_err(|e| e.to_string()).and_then(granularities_fit)?;
             }
             (_, Err(_)) => {}
         }

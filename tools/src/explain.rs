@@ -94,7 +94,7 @@ fn unbounded_machine(policy: &Policy) -> Machine {
         })
         .max()
         .unwrap_or(0);
-    Machine { devices: vec![u64::MAX / 64; highest as usize + 1], host: u64::MAX / 64 }
+    Machine { devices: vec![u64::MAX / 64; highest as usize + 1], host: u64::MAX / 64, ..Machine::default() }
 }
 
 /// The plan as text.

@@ -44,7 +44,7 @@ pub fn shim_library() -> PathBuf {
 pub fn on_fake_driver(program: &Path) -> Command {
     let mut command = Command::new(program);
     command.env("LD_LIBRARY_PATH", fake_driver_dir());
-    for var in ["FAKECUDA_DEVICES", "FAKECUDA_PEERS", "FAKECUDA_HOST", "FAKECUDA_KERNEL_US", "FAKECUDA_FAIL", "LD_PRELOAD", "VVRAM_POLICY", "VVRAM_ALLOC"] {
+    for var in ["FAKECUDA_DEVICES", "FAKECUDA_PEERS", "FAKECUDA_HOST", "FAKECUDA_KERNEL_US", "FAKECUDA_FAIL", "FAKECUDA_GRANULARITY", "FAKECUDA_HOST_GRANULARITY", "FAKECUDA_HOST_NUMA", "FAKECUDA_HOST_VMM", "FAKECUDA_HOST_ACCESS", "FAKECUDA_PIN_GBPS", "LD_PRELOAD", "VVRAM_POLICY", "VVRAM_ALLOC"] {
         command.env_remove(var);
     }
     command

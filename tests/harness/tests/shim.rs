@@ -122,6 +122,64 @@ fn a_policy_larger_than_the_machine_stops_the_process_at_first_use() {
     assert!(stderr.contains("big.toml:3:16:") && stderr.contains("GPU 0 holds 256 MiB"), "{stderr}");
 }
 
+/// Runs `spread` under the standard policy with fake-driver settings; stderr and status.
+fn spread_on(env: &[(&str, &str)]) -> Output {
+    exercise(&["spread"], &[&[("VVRAM_LOG", "info")], env].concat())
+}
+
+/// Runs `oom` (whose first call is an allocation hook) with fake-driver settings.
+fn first_allocation_on(env: &[(&str, &str)]) -> Output {
+    exercise(&["oom"], env)
+}
+
+fn stops_at_start_up(out: &Output, reason: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", describe(out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the policy does not fit this machine, stopping") && stderr.contains(reason), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ok: "), "nothing may run before the check: {}", describe(out));
+}
+
+#[test]
+fn cpu_access_to_host_chunks_uses_the_documented_location_type_or_the_one_the_driver_takes() {
+    let documented = spread_on(&[]);
+    passes(&documented);
+    assert!(String::from_utf8_lossy(&documented.stderr).contains("location=\"CU_MEM_LOCATION_TYPE_HOST_NUMA\""), "{}", describe(&documented));
+    let fallback = spread_on(&[("FAKECUDA_HOST_ACCESS", "host")]);
+    assert!(passes(&fallback).contains("ok: data across the local/host seam reads back exactly"));
+    let stderr = String::from_utf8_lossy(&fallback.stderr);
+    assert!(stderr.contains("using the one it accepts") && stderr.contains("location=\"CU_MEM_LOCATION_TYPE_HOST\""), "{stderr}");
+    stops_at_start_up(&first_allocation_on(&[("FAKECUDA_HOST_ACCESS", "none")]), "the host tier cannot be used on this machine: cuMemSetAccess grants the CPU no access");
+}
+
+#[test]
+fn host_chunks_live_on_the_gpu_s_numa_node_and_a_host_tier_without_host_vmm_is_refused() {
+    assert!(passes(&spread_on(&[("FAKECUDA_HOST_NUMA", "1")])).contains("ok: 3x the local budget placed: local 64 MiB, host 128 MiB"));
+    stops_at_start_up(&first_allocation_on(&[("FAKECUDA_HOST_VMM", "0")]), "the host tier cannot be used on this machine: the driver does not support host-located virtual memory");
+}
+
+#[test]
+fn a_peer_donor_the_gpu_cannot_reach_is_refused() {
+    let policy = write_file("peer.toml", "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"peer:1\", capacity = \"64MiB\" }]\n");
+    let run = |peers: &str| {
+        under_shim(env!("CARGO_BIN_EXE_cuda-exercise").as_ref(), Some(&policy))
+            .args(["devices"])
+            .env("FAKECUDA_DEVICES", "256MiB,256MiB")
+            .env("FAKECUDA_PEERS", peers)
+            .output()
+            .unwrap()
+    };
+    passes(&run("all"));
+    let out = run("none");
+    stops_at_start_up(&out, "peer.toml:4");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("peer:1 cannot donate to GPU 0"), "{}", describe(&out));
+}
+
+#[test]
+fn a_granularity_that_does_not_divide_the_chunk_is_refused_at_start_up() {
+    stops_at_start_up(&first_allocation_on(&[("FAKECUDA_GRANULARITY", "4MiB")]), "GPU 0 has an allocation granularity of 4194304 bytes");
+    stops_at_start_up(&first_allocation_on(&[("FAKECUDA_HOST_GRANULARITY", "4MiB")]), "host NUMA node 0 has an allocation granularity of 4194304 bytes");
+}
+
 #[test]
 fn without_a_policy_everything_passes_through_and_says_so_once() {
     let out = under_shim(env!("CARGO_BIN_EXE_cuda-exercise").as_ref(), None).args(["--door", "procaddress", "all"]).output().unwrap();
