@@ -7,7 +7,7 @@
 
 use crate::real_call;
 use std::ffi::{c_int, c_uint};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use vvram_allocator::CHUNK;
 use vvram_cuda::*;
@@ -74,13 +74,48 @@ pub fn device_granularities(devices: impl IntoIterator<Item = u32>) -> Result<()
         .try_for_each(|d| granularity_fits(CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: d as c_int }, &format!("GPU {d}")))
 }
 
-/// Whether host-located memory can be a tier, probed once: `Err` says why not.
-pub fn host_tier() -> Result<(), String> {
-    static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
-    PROBED.get_or_init(probe_host).clone()
+/// What a probe found: the machine's answer, or a driver failure that says nothing about
+/// the machine (out of memory, a transient error), after which the probe runs again at
+/// the next resolution.
+enum Probed {
+    Known(Result<(), String>),
+    Inconclusive(String),
 }
 
-fn probe_host() -> Result<(), String> {
+/// Whether host-located memory can be a tier: `Err` says why not. Known answers are
+/// kept; an inconclusive probe lets the host tier be tried (its allocations then fail
+/// and are counted like any driver error) and is repeated next time.
+pub fn host_tier() -> Result<(), String> {
+    static KNOWN: Mutex<Option<Result<(), String>>> = Mutex::new(None);
+    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(answer) = known.as_ref() {
+        return answer.clone();
+    }
+    match probe_host() {
+        Probed::Known(answer) => known.insert(answer).clone(),
+        Probed::Inconclusive(why) => {
+            tracing::warn!(%why, "could not probe the host tier; trying it anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Error codes with which the driver refuses a request it will always refuse.
+fn is_refusal(code: CUresult) -> bool {
+    matches!(code, result::INVALID_VALUE | result::NOT_SUPPORTED | result::NOT_PERMITTED)
+}
+
+fn probe_host() -> Probed {
+    match known_host_support() {
+        Ok(()) => {}
+        Err(why) => return Probed::Known(Err(why)),
+    }
+    let device: CUdevice = 0;
+    with_a_context(device, || probe_cpu_access(device as u32))
+}
+
+/// The attribute and granularity checks of the host tier.
+fn known_host_support() -> Result<(), String> {
     let device: CUdevice = 0;
     match attribute(CU_DEVICE_ATTRIBUTE_HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, device) {
         Ok(1) => {}
@@ -99,8 +134,7 @@ fn probe_host() -> Result<(), String> {
     // -1: the system has no NUMA; the driver then wants node 0.
     let node = attribute(CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID, device).unwrap_or(-1).max(0);
     HOST_NUMA_NODE.store(node, Ordering::Release);
-    granularity_fits(host_location(), &format!("host NUMA node {node}"))?;
-    with_a_context(device, || probe_cpu_access(device as u32))
+    granularity_fits(host_location(), &format!("host NUMA node {node}"))
 }
 
 /// Runs `body` with a context current: the application's, or GPU `device`'s primary one
@@ -126,16 +160,18 @@ fn with_a_context<T>(device: CUdevice, body: impl FnOnce() -> T) -> T {
 
 /// Maps one host chunk and grants the CPU access with `HOST_NUMA`, then `HOST`; records
 /// the first that works.
-fn probe_cpu_access(device: u32) -> Result<(), String> {
+fn probe_cpu_access(device: u32) -> Probed {
     let (mut handle, mut address) = (0, 0u64);
     let prop = CUmemAllocationProp::pinned(host_location());
     let created = real_call!(cuMemCreate(&mut handle, CHUNK as usize, &prop, 0));
     if created != result::SUCCESS {
-        return Err(format!("cuMemCreate of {} MiB of host memory failed with error {created}", CHUNK >> 20));
+        let why = format!("cuMemCreate of {} MiB of host memory failed with error {created}", CHUNK >> 20);
+        return if is_refusal(created) { Probed::Known(Err(why)) } else { Probed::Inconclusive(why) };
     }
     let reserved = real_call!(cuMemAddressReserve(&mut address, CHUNK as usize, CHUNK as usize, 0, 0));
     let mapped = if reserved == result::SUCCESS { real_call!(cuMemMap(address, CHUNK as usize, 0, handle, 0)) } else { reserved };
     let mut tried = Vec::new();
+    let mut refused = true;
     let mut found = None;
     if mapped == result::SUCCESS {
         let gpu = CUmemAccessDesc { location: CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: device as c_int }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
@@ -147,6 +183,7 @@ fn probe_cpu_access(device: u32) -> Result<(), String> {
                 found = Some((cpu.type_, name));
                 break;
             }
+            refused &= is_refusal(code);
             tried.push(format!("{name}: error {code}"));
         }
         real_call!(cuMemUnmap(address, CHUNK as usize));
@@ -156,10 +193,11 @@ fn probe_cpu_access(device: u32) -> Result<(), String> {
     }
     real_call!(cuMemRelease(handle));
     if mapped != result::SUCCESS {
-        return Err(format!("mapping a host chunk failed with error {mapped}"));
+        return Probed::Inconclusive(format!("mapping a host chunk failed with error {mapped}"));
     }
     let Some((kind, name)) = found else {
-        return Err(format!("cuMemSetAccess grants the CPU no access to host-located memory ({})", tried.join("; ")));
+        let why = format!("cuMemSetAccess grants the CPU no access to host-located memory ({})", tried.join("; "));
+        return if refused { Probed::Known(Err(why)) } else { Probed::Inconclusive(why) };
     };
     HOST_ACCESS_TYPE.store(kind as c_uint, Ordering::Release);
     if tried.is_empty() {
@@ -167,5 +205,5 @@ fn probe_cpu_access(device: u32) -> Result<(), String> {
     } else {
         tracing::warn!(location = name, refused = %tried.join("; "), "the driver refused the documented location type for CPU access; using the one it accepts");
     }
-    Ok(())
+    Probed::Known(Ok(()))
 }
