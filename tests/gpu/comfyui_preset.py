@@ -13,8 +13,8 @@ GIB = 1 << 30
 
 torch.cuda.init()
 torch.empty(1, device="cuda")
-assert vvram_shim.available(), vvram_shim.NOT_LOADED
-_, status = nodes.PolicyPreset().apply(family="FLUX", card="12 GB")
+assert vvram_shim.available(), "libvvram.so is not preloaded"
+status = nodes.PolicyPreset().apply(family="FLUX", card="12 GB")["result"][1]
 print(status)
 stats = vvram_shim.stats()
 tiers = {t["tier"]: t for t in stats["devices"][0]["tiers"]}
