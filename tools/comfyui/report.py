@@ -64,38 +64,62 @@ def _array(image):
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def render_chart(stats):
-    """One labelled bar per tier and device: used over capacity."""
-    title, body, small = _font(18), _font(14), _font(12)
-    rows = [(d, t) for d in stats["devices"] for t in d["tiers"]]
-    height = 56 + 34 * len(stats["devices"]) + 44 * len(rows) + 30
-    image = Image.new("RGB", (WIDTH, height), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    draw.text((16, 12), f"vvram: where memory lives (policy {stats.get('policy') or 'none'})", font=title, fill=TEXT)
-    draw.text((16, 36), f"phase {stats.get('phase') or 'none'}", font=small, fill=DIM)
+class Text:
+    """A line of the chart: where, what, how big; `right` aligns its end at x."""
+
+    def __init__(self, x, y, text, pixels, colour, right=False):
+        self.x, self.y, self.text, self.pixels, self.colour, self.right = x, y, text, pixels, colour, right
+
+
+class Bar:
+    """A tier's bar: its track across the chart, filled to `fraction` in `colour`."""
+
+    def __init__(self, y, fraction, colour):
+        self.y, self.fraction, self.colour = y, fraction, colour
+
+
+def chart_layout(stats):
+    """What the chart shows, in drawing order, and its height: a title with the policy,
+    the phase, per device what the application sees, and per tier its name, a bar and
+    `USED of CAPACITY (PERCENT)`; counters at the foot."""
+    items = [
+        Text(16, 12, f"vvram: where memory lives (policy {stats.get('policy') or 'none'})", 18, TEXT),
+        Text(16, 36, f"phase {stats.get('phase') or 'none'}", 12, DIM),
+    ]
     y = 56
-    if not rows:
+    if not stats["devices"]:
         why = stats.get("policy_error") or "no device under a policy yet: placement starts at the first CUDA use"
         for line in textwrap.wrap(why, 80):
-            draw.text((16, y), line, font=body, fill=TEXT)
+            items.append(Text(16, y, line, 14, TEXT))
             y += 18
     for device in stats["devices"]:
-        draw.text((16, y + 8), f"cuda:{device['device']}: the application sees {size(device['reported_total'])}", font=body, fill=TEXT)
+        items.append(Text(16, y + 8, f"cuda:{device['device']}: the application sees {size(device['reported_total'])}", 14, TEXT))
         y += 34
         for tier in device["tiers"]:
             used, capacity = tier["used"], tier["capacity"]
             fraction = min(1.0, used / capacity) if capacity else 0.0
-            draw.text((16, y), tier_label(device["device"], tier["tier"]), font=small, fill=DIM)
-            label = f"{size(used)} of {size(capacity)} ({100 * fraction:.0f}%)"
-            draw.text((WIDTH - 16 - draw.textlength(label, font=small), y), label, font=small, fill=TEXT)
-            top = y + 18
-            draw.rectangle((16, top, WIDTH - 16, top + 16), fill=TRACK)
-            if fraction > 0:
-                colour = COLOURS.get(tier["tier"], PEER)
-                draw.rectangle((16, top, 16 + max(1, int((WIDTH - 32) * fraction)), top + 16), fill=colour)
+            items.append(Text(16, y, tier_label(device["device"], tier["tier"]), 12, DIM))
+            items.append(Text(WIDTH - 16, y, f"{size(used)} of {size(capacity)} ({100 * fraction:.0f}%)", 12, TEXT, right=True))
+            items.append(Bar(y + 18, fraction, COLOURS.get(tier["tier"], PEER)))
             y += 44
-    footer = f"allocations {stats['allocations']}  out of memory {stats['out_of_memory']}  errors {stats['errors']}"
-    draw.text((16, height - 24), footer, font=small, fill=DIM)
+    items.append(Text(16, y + 6, f"allocations {stats['allocations']}  out of memory {stats['out_of_memory']}  errors {stats['errors']}", 12, DIM))
+    return items, y + 30
+
+
+def render_chart(stats):
+    """The chart of `chart_layout` as an image."""
+    items, height = chart_layout(stats)
+    image = Image.new("RGB", (WIDTH, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for item in items:
+        if isinstance(item, Bar):
+            draw.rectangle((16, item.y, WIDTH - 16, item.y + 16), fill=TRACK)
+            if item.fraction > 0:
+                draw.rectangle((16, item.y, 16 + max(1, int((WIDTH - 32) * item.fraction)), item.y + 16), fill=item.colour)
+        else:
+            font = _font(item.pixels)
+            x = item.x - draw.textlength(item.text, font=font) if item.right else item.x
+            draw.text((x, item.y), item.text, font=font, fill=item.colour)
     return _array(image)
 
 

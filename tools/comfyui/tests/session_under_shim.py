@@ -45,6 +45,10 @@ def main():
         passthrough, text = status(nodes.PolicyToml().apply(toml='[[device]]\nindex = 0\nlocal_budget = "1GiB"\n', name="after"))
         report("after", status=text)
         return
+    if sys.argv[1:] == ["preset-larger-than-the-card"]:
+        init_cuda()
+        print(json.dumps({"step": "preset", "error": failure(lambda: nodes.PolicyPreset().apply(family="FLUX", card="24 GB"))}), flush=True)
+        return
     cuda = init_cuda()
     print(json.dumps({"step": "loaded", "available": vvram_shim.available(), "version": vvram_shim.version()}), flush=True)
 

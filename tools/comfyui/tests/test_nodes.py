@@ -189,6 +189,15 @@ def test_stats_under_a_policy_that_does_not_fit_fails_the_node_not_the_process(s
     assert steps["after"]["policy"] == "after" and steps["after"]["tiers"]["local"]["capacity"] == 1 * GIB
 
 
+def test_a_preset_that_does_not_fit_the_card_names_itself_in_the_error(shim_environment, tmp_path):
+    script = pathlib.Path(__file__).with_name("session_under_shim.py")
+    env = dict(shim_environment, FAKECUDA_DEVICES="8GiB", TMPDIR=str(tmp_path))
+    result = subprocess.run([sys.executable, str(script), "preset-larger-than-the-card"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error.startswith("preset flux-24gb:") and "8 GiB" in error, error
+
+
 def test_the_current_node_api_is_used_where_comfyui_has_it():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).with_name("stub_comfy_api")), str(PACKAGE.parent)]))
     script = pathlib.Path(__file__).with_name("v3_session.py")
@@ -207,3 +216,29 @@ def test_the_current_node_api_is_used_where_comfyui_has_it():
         assert report[node_id]["outputs"] == ["passthrough", "status"] and report[node_id]["ui"] == ["text"]
     assert report["VvramStats"]["outputs"] == ["passthrough", "table", "chart"] and report["VvramStats"]["ui"] == ["images", "text"]
     assert set(report["VvramAllocation"]["inputs"]) == {"compute_device", "virtual_vram_gb", "donor_device", "expert_allocation", "passthrough"}
+
+
+def test_the_chart_is_labelled():
+    from comfyui import report
+
+    stats = {
+        "version": "0.1.0", "policy": "preset flux-12gb", "phase": "sampling", "active": True, "policy_error": None,
+        "devices": [{"device": 0, "reported_total": 38 * GIB, "allocations": 3, "tiers": [
+            {"tier": "local", "used": 5 * GIB, "capacity": 10 * GIB},
+            {"tier": "peer:1", "used": 0, "capacity": 4 * GIB},
+            {"tier": "host", "used": 7 * GIB, "capacity": 28 * GIB},
+        ]}],
+        "allocations": 3, "frees": 0, "out_of_memory": 1, "fast_h2d_bytes": 0, "host_pool_bytes": 0, "errors": 0,
+    }
+    items, height = report.chart_layout(stats)
+    texts = [i.text for i in items if isinstance(i, report.Text)]
+    assert texts[0] == "vvram: where memory lives (policy preset flux-12gb)" and texts[1] == "phase sampling"
+    assert "cuda:0: the application sees 38.00 GiB" in texts
+    for label, amounts in [("cuda:0 (this card)", "5.00 GiB of 10.00 GiB (50%)"), ("cuda:1 (peer card)", "0 B of 4.00 GiB (0%)"), ("host RAM (pinned)", "7.00 GiB of 28.00 GiB (25%)")]:
+        assert texts[texts.index(label) + 1] == amounts
+    assert [round(i.fraction, 2) for i in items if isinstance(i, report.Bar)] == [0.5, 0.0, 0.25]
+    assert "out of memory 1" in texts[-1] and all(t.isascii() for t in texts)
+    image = report.render_chart(stats)
+    assert image.shape == (height, report.WIDTH, 3)
+    message = report.chart_layout(dict(stats, devices=[], policy_error="GPU 0 holds 24 GiB, but the policy gives out 100 GiB"))[0]
+    assert any("100 GiB" in i.text for i in message if isinstance(i, report.Text))
