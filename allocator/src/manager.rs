@@ -442,12 +442,44 @@ impl<D: Driver> MemoryManager<D> {
         outcome
     }
 
+    /// Allocates `size` bytes on the compute device itself, whatever the rules say (the
+    /// migration engine's local cache).
+    pub fn allocate_local(&mut self, device: u32, size: u64) -> Result<u64, CUresult> {
+        let request = Request { device, size, phase: None, tag: None };
+        let placed = self.try_allocate_on(request, Some(&[Tier::Local]));
+        if placed.is_ok() {
+            self.counters.allocations += 1;
+        }
+        placed
+    }
+
+    /// Every live allocation of `device` with memory off the compute device, as
+    /// `(base, size, tier)` with the first such tier: what the migration engine stages.
+    pub fn donor_extents(&self, device: u32) -> Vec<(u64, u64, Tier)> {
+        let off_device = |tier: Tier| (tier != Tier::Local).then_some(tier);
+        self.allocations
+            .iter()
+            .filter(|(_, a)| a.device == device)
+            .filter_map(|(&base, a)| {
+                let tier = match &a.backing {
+                    Backing::Extent(chunks) => chunks.iter().find_map(|c| off_device(c.tier)),
+                    Backing::InSlab(slab) => self.slabs.get(slab).and_then(|s| off_device(s.chunk.tier)),
+                }?;
+                Some((base, a.size, tier))
+            })
+            .collect()
+    }
+
     fn try_allocate(&mut self, request: Request) -> Result<u64, CUresult> {
+        self.try_allocate_on(request, None)
+    }
+
+    fn try_allocate_on(&mut self, request: Request, tiers: Option<&[Tier]>) -> Result<u64, CUresult> {
         if request.size == 0 {
             return Err(result::INVALID_VALUE);
         }
         let plan = self.plan.device(request.device).ok_or(result::INVALID_VALUE)?;
-        let order = plan.placement(request.size, request.phase, request.tag);
+        let order = tiers.map_or_else(|| plan.placement(request.size, request.phase, request.tag), <[Tier]>::to_vec);
         let space = self.space_index(request.device)?;
         if request.size < SMALL_LIMIT {
             return self.allocate_small(space, request, &order);

@@ -320,3 +320,16 @@ fn failed_maps_and_access_grants_give_everything_back() {
         assert_eq!((used(&m, Tier::Local), m.driver().mapping_count()), (0, 0), "{operation}");
     }
 }
+
+#[test]
+fn the_engine_cache_is_local_and_donor_extents_are_listed_with_their_tier() {
+    let mut m = manager("[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"host\", capacity = \"128MiB\" }]\n[[rule]]\ntiers = [\"host\", \"local\"]\n");
+    let cache = m.allocate_local(0, 16 * MIB).unwrap();
+    assert_eq!(m.driver().location_of(cache), Some(Location::Device(0)));
+    let weight = m.allocate(request(4 * MIB)).unwrap();
+    let small = m.allocate(request(4096)).unwrap();
+    let mut expected = vec![(weight, 4 * MIB, Tier::Host), (small, 4096, Tier::Host)];
+    expected.sort_unstable();
+    assert_eq!(m.donor_extents(0), expected);
+    assert_eq!(m.allocate_local(0, 64 * MIB), Err(result::OUT_OF_MEMORY), "the rules do not send it to the host");
+}

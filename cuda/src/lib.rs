@@ -35,6 +35,8 @@ pub type CUfunction = *mut c_void;
 pub type CUlibrary = *mut c_void;
 /// `CUkernel` (launchable through `cuLaunchKernel` as a `CUfunction`).
 pub type CUkernel = *mut c_void;
+/// `CUgraphExec`.
+pub type CUgraphExec = *mut c_void;
 /// `CUmemoryPool`.
 pub type CUmemoryPool = *mut c_void;
 /// `CUmemGenericAllocationHandle`.
@@ -448,6 +450,10 @@ driver_api! {
     cuLaunchKernel_ptsz: fn(function: CUfunction, grid_x: c_uint, grid_y: c_uint, grid_z: c_uint, block_x: c_uint, block_y: c_uint, block_z: c_uint, shared_bytes: c_uint, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void);
     cuLaunchKernelEx: fn(config: *const CUlaunchConfig, function: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void);
     cuLaunchKernelEx_ptsz: fn(config: *const CUlaunchConfig, function: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void);
+    cuLaunchCooperativeKernel: fn(function: CUfunction, grid_x: c_uint, grid_y: c_uint, grid_z: c_uint, block_x: c_uint, block_y: c_uint, block_z: c_uint, shared_bytes: c_uint, stream: CUstream, params: *mut *mut c_void);
+    cuLaunchCooperativeKernel_ptsz: fn(function: CUfunction, grid_x: c_uint, grid_y: c_uint, grid_z: c_uint, block_x: c_uint, block_y: c_uint, block_z: c_uint, shared_bytes: c_uint, stream: CUstream, params: *mut *mut c_void);
+    cuGraphLaunch: fn(graph: CUgraphExec, stream: CUstream);
+    cuGraphLaunch_ptsz: fn(graph: CUgraphExec, stream: CUstream);
     cuGetProcAddress: fn(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int, flags: u64);
     cuGetProcAddress_v2: fn(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int, flags: u64, status: *mut c_int);
     cuGetErrorString: fn(error: CUresult, text: *mut *const c_char);

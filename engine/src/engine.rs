@@ -235,6 +235,11 @@ impl<T: Transfers> Engine<T> {
         }
     }
 
+    /// The live donor extents, as `(base, len)`.
+    pub fn extents(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.extents.iter().map(|(base, e)| (*base, e.len))
+    }
+
     /// The extent holding `address`, as `(base, end)`.
     pub fn extent_of(&self, address: u64) -> Option<(u64, u64)> {
         let (&base, extent) = self.extents.range(..=address).next_back()?;

@@ -78,6 +78,19 @@ impl ExtentTable {
                 std::hint::spin_loop();
                 continue;
             }
+            // Most buffers hold no word in [low, high): settle that without searching.
+            let (low, high) = (self.low.load(Ordering::Relaxed), self.high.load(Ordering::Relaxed));
+            let any_in_range = bytes.chunks_exact(8).any(|w| {
+                let word = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+                word >= low && word < high
+            });
+            if !any_in_range {
+                fence(Ordering::Acquire);
+                if self.sequence.load(Ordering::Relaxed) == before {
+                    return;
+                }
+                continue;
+            }
             let mut hits = [(0usize, 0u64); 16];
             let mut count = 0;
             let mut overflow = false;

@@ -16,7 +16,7 @@ type Kernel = Box<dyn FnOnce(&mut [u8], &mut Vec<u64>)>;
 enum Op {
     Copy { dst: u64, src: u64, len: u64 },
     Kernel(Kernel),
-    Record(usize),
+    Record,
     Wait(usize, u64),
 }
 
@@ -70,7 +70,7 @@ impl Gpu {
         match op {
             Op::Copy { dst, src, len } => self.memory.copy_within(src as usize..(src + len) as usize, dst as usize),
             Op::Kernel(kernel) => kernel(&mut self.memory, &mut self.results),
-            Op::Record(_) | Op::Wait(..) => {}
+            Op::Record | Op::Wait(..) => {}
         }
         self.completed[stream] = seq;
         true
@@ -104,7 +104,7 @@ impl Transfers for Gpu {
             self.events.len() - 1
         });
         assert!(!self.released.contains(&event), "a released event was recorded again");
-        self.push(stream, Op::Record(event));
+        self.push(stream, Op::Record);
         self.events[event] = Some((stream, self.submitted[stream]));
         Ok(event)
     }

@@ -195,7 +195,8 @@ pub struct Streaming {
     pub local_cache: u64,
     /// How many operations ahead to stage.
     pub prefetch_depth: u32,
-    /// Treat weights as read-only: staged copies are never written back.
+    /// Treat weights as read-only: staged copies are never written back (a kernel's
+    /// write through a translated pointer is then lost).
     pub weights_read_only: bool,
 }
 
@@ -205,7 +206,7 @@ impl Default for Streaming {
             enabled: false,
             local_cache: 2 * crate::size::GIB,
             prefetch_depth: 2,
-            weights_read_only: true,
+            weights_read_only: false,
         }
     }
 }

@@ -146,6 +146,7 @@ pub fn snapshot() -> Snapshot {
         out_of_memory: counters.out_of_memory,
         fast_h2d_bytes: counters.fast_h2d_bytes,
         errors: counters.errors + HOOK_ERRORS.load(Ordering::Relaxed),
+        engine: crate::staging::snapshot(),
     }
 }
 

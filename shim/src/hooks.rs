@@ -5,6 +5,15 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 use crate::copy::cpu_copy;
+pub use crate::coherence::{
+    cuMemcpyDtoD_v2, cuMemcpyDtoD_v2_ptds, cuMemcpyDtoDAsync_v2, cuMemcpyDtoDAsync_v2_ptsz, cuMemcpyDtoH_v2, cuMemcpyDtoH_v2_ptds,
+    cuMemcpyDtoHAsync_v2, cuMemcpyDtoHAsync_v2_ptsz, cuMemsetD8_v2, cuMemsetD8Async, cuMemsetD32_v2, cuMemsetD32Async,
+};
+use crate::coherence::{around, before_cpu_write};
+pub use crate::launch::{
+    cuGraphLaunch, cuGraphLaunch_ptsz, cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz, cuLaunchKernel, cuLaunchKernel_ptsz,
+    cuLaunchKernelEx, cuLaunchKernelEx_ptsz,
+};
 use crate::ops::mem_location;
 use crate::real_call;
 use crate::runtime::{HOOK_ERRORS, check_for_aimdo, state};
@@ -54,7 +63,9 @@ fn place(size: usize) -> Option<Result<u64, CUresult>> {
     if !manager.manages(device) {
         return None;
     }
+    crate::staging::sync(manager, device);
     let placed = manager.allocate(Request { device, size: size as u64, phase: phase.as_deref(), tag: tag.as_deref() });
+    crate::staging::sync(manager, device);
     if let Err(code) = placed {
         if code == result::OUT_OF_MEMORY {
             tracing::info!(device, size, "every tier is full: CUDA_ERROR_OUT_OF_MEMORY");
@@ -130,7 +141,13 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         if synced != result::SUCCESS {
             return synced;
         }
-        match state().manager.as_mut().map(|m| m.free(dptr)) {
+        let device = find(dptr).map_or(0, |info| info.device);
+        let freed = state().manager.as_mut().map(|m| {
+            let freed = m.free(dptr);
+            crate::staging::sync(m, device);
+            freed
+        });
+        match freed {
             Some(Ok(())) => result::SUCCESS,
             Some(Err(code)) => code,
             None => result::INVALID_VALUE,
@@ -165,6 +182,10 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, si
 fn free_async(dptr: CUdeviceptr, stream: CUstream, pass_through: impl FnOnce() -> CUresult) -> CUresult {
     if !owned(dptr) {
         return pass_through();
+    }
+    if let Some(info) = find(dptr) {
+        // Pending write-backs into the memory come before the free on its stream.
+        crate::coherence::before_free(info.base, info.size as usize, stream as usize);
     }
     match state().manager.as_mut().map(|m| m.free_async(dptr, stream as u64)) {
         Some(Ok(())) => result::SUCCESS,
@@ -318,6 +339,7 @@ fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: Order, device_copy:
     if waited != result::SUCCESS {
         return Some(waited);
     }
+    before_cpu_write(dst, len);
     let mut cpu_bytes = 0;
     for segment in segments {
         let source = (src as u64 + (segment.address - dst)) as *const c_void;
@@ -376,7 +398,7 @@ fn unified_h2d(dst: u64, src: u64, len: usize, order: Order, device_copy: impl F
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, len: usize) -> CUresult {
     guard("cuMemcpy", || {
-        unified_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpy(d, s, n))).unwrap_or_else(|| real_call!(cuMemcpy(dst, src, len)))
+        unified_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpy(d, s, n))).unwrap_or_else(|| around(Some((src, len)), Some((dst, len)), None, 0, || real_call!(cuMemcpy(dst, src, len))))
     })
 }
 
@@ -384,7 +406,7 @@ pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, len: usize
 pub unsafe extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, len: usize) -> CUresult {
     guard("cuMemcpy_ptds", || {
         unified_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpy_ptds(d, s, n)))
-            .unwrap_or_else(|| real_call!(cuMemcpy_ptds(dst, src, len)))
+            .unwrap_or_else(|| around(Some((src, len)), Some((dst, len)), None, CU_STREAM_PER_THREAD, || real_call!(cuMemcpy_ptds(dst, src, len))))
     })
 }
 
@@ -392,7 +414,10 @@ pub unsafe extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, len: 
 pub unsafe extern "C" fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, len: usize, stream: CUstream) -> CUresult {
     guard("cuMemcpyAsync", || {
         unified_h2d(dst, src, len, Order::Stream(stream), |d, s, n| real_call!(cuMemcpyAsync(d, s, n, stream)))
-            .unwrap_or_else(|| real_call!(cuMemcpyAsync(dst, src, len, stream)))
+            .unwrap_or_else(|| {
+                let key = stream as usize;
+                around(Some((src, len)), Some((dst, len)), Some(key), key, || real_call!(cuMemcpyAsync(dst, src, len, stream)))
+            })
     })
 }
 
@@ -401,7 +426,10 @@ pub unsafe extern "C" fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, 
     guard("cuMemcpyAsync_ptsz", || {
         let ordered = per_thread_stream(stream);
         unified_h2d(dst, src, len, Order::Stream(ordered), |d, s, n| real_call!(cuMemcpyAsync_ptsz(d, s, n, stream)))
-            .unwrap_or_else(|| real_call!(cuMemcpyAsync_ptsz(dst, src, len, stream)))
+            .unwrap_or_else(|| {
+                let key = ordered as usize;
+                around(Some((src, len)), Some((dst, len)), Some(key), key, || real_call!(cuMemcpyAsync_ptsz(dst, src, len, stream)))
+            })
     })
 }
 

@@ -4,15 +4,18 @@
 //! and pinned host RAM as the policy says. Decisions live in `vvram-allocator`; this
 //! crate is the C ABI around them.
 
+mod coherence;
 mod control;
 mod copy;
 mod doors;
 mod hooks;
+mod launch;
 mod log;
 mod ops;
 mod probe;
 mod real;
 mod runtime;
+mod staging;
 
 /// Runs before `main`: reads the policy from the environment (see `runtime::start`).
 #[used]

@@ -45,6 +45,55 @@ pub struct DeviceSnapshot {
     pub tiers: Vec<TierSnapshot>,
 }
 
+/// The migration engine's counters, summed over compute devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineSnapshot {
+    /// Compute devices with a running engine.
+    pub engines: u64,
+    /// Kernel launches seen while an engine runs.
+    pub launches_seen: u64,
+    /// Launches whose parameters could not be scanned (no parameter layout).
+    pub unscanned_launches: u64,
+    /// Launches that referenced donor-tier memory.
+    pub donor_launches: u64,
+    /// Of those, launches with every donor reference translated to a staged copy.
+    pub translated_launches: u64,
+    /// Launches with a donor reference read in place (no copy could be had).
+    pub missed_launches: u64,
+    /// Translated references whose copy was still in flight when the kernel was issued
+    /// (the kernel's stream waited for it).
+    pub waited_references: u64,
+    /// Bytes staged from host memory.
+    pub staged_host_bytes: u64,
+    /// Bytes staged from peer GPUs.
+    pub staged_peer_bytes: u64,
+    /// Bytes written back from staged copies.
+    pub written_back_bytes: u64,
+    /// Copies staged when a launch needed them.
+    pub demand_copies: u64,
+    /// Copies staged ahead from the prediction.
+    pub prefetch_copies: u64,
+    /// Staged copies dropped because something else wrote their memory.
+    pub dropped_copies: u64,
+    /// Graph launches (not translated).
+    pub graph_launches: u64,
+    /// The predictor's period in launches (0: none).
+    pub period: u64,
+    /// Whether the predictor has locked on to a period.
+    pub locked: bool,
+    /// Launches the predictor had predicted.
+    pub predicted: u64,
+    /// Of those, predicted right.
+    pub predicted_right: u64,
+    /// Bytes of local cache.
+    pub cache_bytes: u64,
+    /// Bytes of it holding staged copies.
+    pub cache_occupied: u64,
+    /// Staged copies in it.
+    pub cache_copies: u64,
+}
+
 /// Everything `vvram_stats_json` and `vvram stats` show.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -77,6 +126,9 @@ pub struct Snapshot {
     pub fast_h2d_bytes: u64,
     /// Errors (driver failures while placing, panics caught in hooks).
     pub errors: u64,
+    /// The migration engine.
+    #[serde(default)]
+    pub engine: EngineSnapshot,
 }
 
 impl Snapshot {

@@ -30,6 +30,7 @@ fn snapshot(allocations: u64) -> Snapshot {
         out_of_memory: 0,
         fast_h2d_bytes: 0,
         errors: 0,
+        engine: Default::default(),
     }
 }
 

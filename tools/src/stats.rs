@@ -70,6 +70,35 @@ pub fn render(s: &Snapshot) -> String {
         format_size(s.fast_h2d_bytes),
         s.errors
     );
+    let e = &s.engine;
+    if e.engines > 0 {
+        let rate = |part: u64, whole: u64| if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 };
+        out += &format!(
+            "\nmigration engine: launches seen {}, with donor memory {}, translated {}, read in place {}, unscanned {}, graph {}\n",
+            e.launches_seen, e.donor_launches, e.translated_launches, e.missed_launches, e.unscanned_launches, e.graph_launches
+        );
+        out += &format!(
+            "  staged from host {}, from peers {}, written back {}; copies ahead {}, on demand {}, dropped {}; kernels that waited for a copy {}\n",
+            format_size(e.staged_host_bytes),
+            format_size(e.staged_peer_bytes),
+            format_size(e.written_back_bytes),
+            e.prefetch_copies,
+            e.demand_copies,
+            e.dropped_copies,
+            e.waited_references
+        );
+        out += &format!(
+            "  predictor: period {} launches{}, {:.1}% of {} predicted right; cache {} of {} ({} copies) {}\n",
+            e.period,
+            if e.locked { " (locked)" } else { "" },
+            rate(e.predicted_right, e.predicted),
+            e.predicted,
+            format_size(e.cache_occupied),
+            format_size(e.cache_bytes),
+            e.cache_copies,
+            bar(e.cache_occupied, e.cache_bytes)
+        );
+    }
     out
 }
 
@@ -134,6 +163,7 @@ mod tests {
             out_of_memory: 0,
             fast_h2d_bytes: 0,
             errors: 0,
+            engine: Default::default(),
         };
         let table = render(&snapshot);
         assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");

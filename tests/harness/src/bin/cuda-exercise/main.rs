@@ -11,6 +11,7 @@ use vvram_cuda::*;
 use vvram_cuda::kernels as ptx;
 use vvram_harness::{CallError, Cuda, Door, cu};
 
+mod engine;
 mod shim;
 
 const MIB: usize = 1 << 20;
@@ -537,6 +538,12 @@ fn run(args: &[String]) -> Checked {
         "h2d" => shim::h2d(&s)?,
         "app-vmm" => shim::app_vmm(&s)?,
         "control" => shim::control(&s)?,
+        "engine-steps" => engine::steps(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100))?,
+        "engine-patch" => engine::patch(&s)?,
+        "engine-miss" => engine::miss(&s)?,
+        "engine-struct" => engine::struct_param(&s)?,
+        "engine-kernel" => engine::library_kernel(&s)?,
+        "engine-thread" => engine::second_thread(&s)?,
         "create-calls" => create_calls(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(4))?,
         "all" => {
             devices(&s)?;
@@ -546,7 +553,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-kernel, engine-thread"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())

@@ -9,7 +9,7 @@ use vvram_harness::cu;
 const MIB: u64 = 1 << 20;
 
 /// The control API, found in the process as the ComfyUI node finds it.
-struct Control {
+pub struct Control {
     stats_json: vvram_stats::StatsJsonFn,
     set_policy_toml: unsafe extern "C" fn(*const c_char, *mut c_char, usize) -> c_int,
     set_phase: unsafe extern "C" fn(*const c_char) -> c_int,
@@ -26,7 +26,7 @@ fn symbol(name: &std::ffi::CStr) -> Checked<*mut c_void> {
 }
 
 impl Control {
-    fn find() -> Checked<Control> {
+    pub fn find() -> Checked<Control> {
         // SAFETY: the control API's documented signatures (include/vvram.h).
         unsafe {
             Ok(Control {
@@ -38,7 +38,7 @@ impl Control {
         }
     }
 
-    fn stats(&self) -> Checked<serde_json::Value> {
+    pub fn stats(&self) -> Checked<serde_json::Value> {
         // SAFETY: found as the preloaded libvvram.so's vvram_stats_json.
         let json = unsafe { vvram_stats::control_api_json(self.stats_json) };
         serde_json::from_slice(&json).map_err(|e| Failure(format!("stats are not JSON: {e}")))
@@ -71,7 +71,7 @@ impl Control {
         }
     }
 
-    fn phase(&self, phase: Option<&str>) -> Checked {
+    pub fn phase(&self, phase: Option<&str>) -> Checked {
         let text = phase.map(|p| CString::new(p).unwrap_or_default());
         let code = unsafe { (self.set_phase)(text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr())) };
         ensure(code == 0, || format!("vvram_set_phase({phase:?}) returned {code}"))

@@ -1,0 +1,362 @@
+//! The launch hooks: `cuLaunchKernel`, `cuLaunchKernelEx`, `cuLaunchCooperativeKernel`
+//! (each with `_ptsz`) and `cuGraphLaunch`.
+//!
+//! Every 8-byte word of the parameters is looked up in the lock-free donor-extent table
+//! (`kernelParams` by the sizes `cuFuncGetParamInfo` / `cuKernelGetParamInfo` give,
+//! cached per function handle; a packed `extra` buffer whole). A launch with no donor
+//! word passes straight through, untouched and without a lock. Otherwise the device's
+//! engine stages what it needs and the launch goes out with a copy of the parameters in
+//! which every word inside a staged extent points at the same offset of its copy. Launch
+//! attributes of `cuLaunchKernelEx` pass through unchanged.
+
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use crate::real::real;
+use crate::real_call;
+use crate::staging::{self, ACTIVE, LAUNCHES_SEEN, UNSCANNED_LAUNCHES, stream_key, with_current};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use vvram_cuda::*;
+use vvram_engine::{Translation, rewrite};
+
+/// Distinct donor extents one launch can have translated; more are read in place.
+const MAX_REFS: usize = 32;
+/// Function handles whose parameter layout is cached.
+const LAYOUT_SLOTS: usize = 1 << 14;
+/// Slots probed per lookup.
+const PROBES: usize = 32;
+
+/// A function's parameter sizes, or `None` when the driver gives no layout.
+type Layout = Option<Box<[u32]>>;
+
+struct LayoutSlot {
+    function: AtomicUsize,
+    layout: AtomicPtr<Layout>,
+}
+
+static LAYOUTS: [LayoutSlot; LAYOUT_SLOTS] =
+    [const { LayoutSlot { function: AtomicUsize::new(0), layout: AtomicPtr::new(std::ptr::null_mut()) } }; LAYOUT_SLOTS];
+
+type ParamInfo = unsafe extern "C" fn(*mut c_void, usize, *mut usize, *mut usize) -> CUresult;
+
+/// `cuKernelGetParamInfo`: on driver 580 only `cuGetProcAddress` gives it.
+fn kernel_param_info() -> Option<ParamInfo> {
+    static FOUND: OnceLock<Option<ParamInfo>> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        if let Some(f) = real().api.cuKernelGetParamInfo {
+            return Some(f);
+        }
+        let get = real().api.cuGetProcAddress_v2?;
+        let mut address = std::ptr::null_mut();
+        let mut status: c_int = 0;
+        // SAFETY: valid output pointers; the symbol name is a C string.
+        let code = unsafe { get(c"cuKernelGetParamInfo".as_ptr() as *const c_char, &mut address, 12040, 0, &mut status) };
+        // SAFETY: the driver's cuKernelGetParamInfo has this signature.
+        (code == result::SUCCESS && !address.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, ParamInfo>(address) })
+    })
+}
+
+/// Asks the driver for a function's parameter sizes: `cuFuncGetParamInfo`, or
+/// `cuKernelGetParamInfo` for the `CUkernel` handles libcudart launches.
+fn query_layout(function: CUfunction) -> Layout {
+    let getters = [real().api.cuFuncGetParamInfo, kernel_param_info()];
+    for getter in getters.into_iter().flatten() {
+        let mut sizes = Vec::new();
+        loop {
+            let (mut offset, mut size) = (0usize, 0usize);
+            // SAFETY: valid output pointers.
+            match unsafe { getter(function, sizes.len(), &mut offset, &mut size) } {
+                result::SUCCESS => sizes.push(size as u32),
+                result::INVALID_VALUE => return Some(sizes.into_boxed_slice()),
+                _ => break,
+            }
+        }
+    }
+    None
+}
+
+/// The cached parameter layout of `function`; `None` when the driver gives none (or the
+/// cache is full: such launches are counted as unscanned).
+fn layout_of(function: CUfunction) -> Option<&'static [u32]> {
+    let key = function as usize;
+    let hash = (key >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 50;
+    for probe in 0..PROBES {
+        let slot = &LAYOUTS[(hash + probe) % LAYOUT_SLOTS];
+        let mut owner = slot.function.load(Ordering::Acquire);
+        if owner == 0 {
+            owner = match slot.function.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let layout: &'static Layout = Box::leak(Box::new(query_layout(function)));
+                    slot.layout.store(layout as *const Layout as *mut Layout, Ordering::Release);
+                    return layout.as_deref();
+                }
+                Err(current) => current,
+            };
+        }
+        if owner == key {
+            let layout = slot.layout.load(Ordering::Acquire);
+            if layout.is_null() {
+                // Another thread is asking the driver right now: this launch goes unscanned.
+                return None;
+            }
+            // SAFETY: layouts are leaked, never freed.
+            return unsafe { (*layout).as_deref() };
+        }
+    }
+    None
+}
+
+/// The packed buffer of an `extra` array (`CU_LAUNCH_PARAM_BUFFER_POINTER` / `_SIZE`).
+unsafe fn packed(extra: *mut *mut c_void) -> Option<(*mut c_void, usize)> {
+    if extra.is_null() {
+        return None;
+    }
+    let (mut buffer, mut size) = (std::ptr::null_mut(), None);
+    for i in (0..16).step_by(2) {
+        // SAFETY: the driver's contract: pairs up to CU_LAUNCH_PARAM_END.
+        let (key, value) = unsafe { (*extra.add(i) as usize, *extra.add(i + 1)) };
+        match key {
+            CU_LAUNCH_PARAM_END => break,
+            CU_LAUNCH_PARAM_BUFFER_POINTER => buffer = value,
+            CU_LAUNCH_PARAM_BUFFER_SIZE if !value.is_null() => size = Some(unsafe { *(value as *const usize) }),
+            _ => return None,
+        }
+    }
+    size.filter(|_| !buffer.is_null()).map(|s| (buffer, s))
+}
+
+/// The donor extents one launch references.
+struct Refs {
+    bases: [u64; MAX_REFS],
+    len: usize,
+}
+
+impl Refs {
+    fn add(&mut self, base: u64) {
+        if !self.bases[..self.len].contains(&base) && self.len < MAX_REFS {
+            self.bases[self.len] = base;
+            self.len += 1;
+        }
+    }
+}
+
+/// Per-thread buffers for translated parameters (kept between launches).
+#[derive(Default)]
+struct Scratch {
+    translations: Vec<Translation>,
+    bytes: Vec<u8>,
+    pointers: Vec<*mut c_void>,
+    extra: [*mut c_void; 5],
+    extra_size: usize,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// The parameters as the application passed them.
+#[derive(Clone, Copy)]
+struct Params {
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+}
+
+/// Scans a launch and issues it through `issue`, translated where the engine has copies.
+unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given: Params, issue: impl Fn(Params) -> CUresult) -> CUresult {
+    if !ACTIVE.load(Ordering::Relaxed) {
+        return issue(given);
+    }
+    LAUNCHES_SEEN.fetch_add(1, Ordering::Relaxed);
+    let table = staging::table();
+    let mut refs = Refs { bases: [0; MAX_REFS], len: 0 };
+    let mut layout: &[u32] = &[];
+    if !given.params.is_null() {
+        let Some(found) = layout_of(function) else {
+            UNSCANNED_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+            return issue(given);
+        };
+        layout = found;
+        for (i, &size) in layout.iter().enumerate() {
+            // SAFETY: the driver's contract: one pointer per parameter, each to `size` bytes.
+            let bytes = unsafe { staging::bytes(*given.params.add(i), size as usize) };
+            table.scan(bytes, |_, base| refs.add(base));
+        }
+    } else if let Some((buffer, size)) = unsafe { packed(given.extra) } {
+        table.scan(unsafe { staging::bytes(buffer, size) }, |_, base| refs.add(base));
+    }
+    if refs.len == 0 {
+        return issue(given);
+    }
+    match catch_unwind(AssertUnwindSafe(|| unsafe { translated(stream, given, layout, &refs.bases[..refs.len], &issue) })) {
+        Ok(code) => code,
+        Err(_) => {
+            staging::count_error(hook, result::UNKNOWN);
+            result::UNKNOWN
+        }
+    }
+}
+
+/// The slow path: the device's engine prepares the references, the launch goes out with
+/// translated parameters, the engine records it and stages what comes next.
+unsafe fn translated(stream: usize, given: Params, layout: &[u32], bases: &[u64], issue: &impl Fn(Params) -> CUresult) -> CUresult {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let scratch = &mut *scratch;
+        let outcome = with_current(|engine| {
+            if let Err(code) = engine.prepare_launch(stream, bases, &mut scratch.translations) {
+                staging::count_error("prepare_launch", code);
+                return issue(given);
+            }
+            let issued = if scratch.translations.iter().any(|t| t.copy.is_some()) {
+                let params = unsafe { translate(scratch, given, layout) };
+                issue(params)
+            } else {
+                issue(given)
+            };
+            if issued == result::SUCCESS
+                && let Err(code) = engine.finish_launch(stream, &scratch.translations)
+            {
+                staging::count_error("finish_launch", code);
+            }
+            issued
+        });
+        outcome.unwrap_or_else(|| issue(given))
+    })
+}
+
+/// Copies of the parameters with every word inside a staged extent rewritten.
+unsafe fn translate(scratch: &mut Scratch, given: Params, layout: &[u32]) -> Params {
+    let Scratch { translations, bytes, pointers, extra, extra_size } = scratch;
+    if !given.params.is_null() {
+        let total: usize = layout.iter().map(|s| (*s as usize).next_multiple_of(16)).sum();
+        bytes.clear();
+        bytes.reserve(total);
+        pointers.clear();
+        for (i, &size) in layout.iter().enumerate() {
+            let original = unsafe { *given.params.add(i) };
+            let start = bytes.len();
+            bytes.extend_from_slice(unsafe { staging::bytes(original, size as usize) });
+            bytes.resize(start + (size as usize).next_multiple_of(16), 0);
+            let changed = rewrite(&mut bytes[start..start + size as usize], translations) > 0;
+            // The buffer was reserved whole: pointers into it stay valid.
+            pointers.push(if changed { unsafe { bytes.as_mut_ptr().add(start) as *mut c_void } } else { original });
+        }
+        return Params { params: pointers.as_mut_ptr(), extra: given.extra };
+    }
+    let Some((buffer, size)) = (unsafe { packed(given.extra) }) else { return given };
+    bytes.clear();
+    bytes.extend_from_slice(unsafe { staging::bytes(buffer, size) });
+    rewrite(bytes, translations);
+    *extra_size = size;
+    *extra = [
+        CU_LAUNCH_PARAM_BUFFER_POINTER as *mut c_void,
+        bytes.as_mut_ptr() as *mut c_void,
+        CU_LAUNCH_PARAM_BUFFER_SIZE as *mut c_void,
+        extra_size as *mut usize as *mut c_void,
+        CU_LAUNCH_PARAM_END as *mut c_void,
+    ];
+    Params { params: given.params, extra: extra.as_mut_ptr() }
+}
+
+fn guard(hook: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        staging::count_error(hook, result::UNKNOWN);
+        result::UNKNOWN
+    })
+}
+
+macro_rules! launch_kernel {
+    ($name:ident, $per_thread:expr) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            function: CUfunction,
+            gx: c_uint, gy: c_uint, gz: c_uint,
+            bx: c_uint, by: c_uint, bz: c_uint,
+            shared: c_uint,
+            stream: CUstream,
+            params: *mut *mut c_void,
+            extra: *mut *mut c_void,
+        ) -> CUresult {
+            guard(stringify!($name), || unsafe {
+                launch(stringify!($name), function, stream_key(stream, $per_thread), Params { params, extra }, |p| {
+                    real_call!($name(function, gx, gy, gz, bx, by, bz, shared, stream, p.params, p.extra))
+                })
+            })
+        }
+    };
+}
+
+launch_kernel!(cuLaunchKernel, false);
+launch_kernel!(cuLaunchKernel_ptsz, true);
+
+macro_rules! launch_kernel_ex {
+    ($name:ident, $per_thread:expr) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(config: *const CUlaunchConfig, function: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
+            guard(stringify!($name), || unsafe {
+                let Some(stream) = config.as_ref().map(|c| c.hStream) else { return real_call!($name(config, function, params, extra)) };
+                launch(stringify!($name), function, stream_key(stream, $per_thread), Params { params, extra }, |p| {
+                    real_call!($name(config, function, p.params, p.extra))
+                })
+            })
+        }
+    };
+}
+
+launch_kernel_ex!(cuLaunchKernelEx, false);
+launch_kernel_ex!(cuLaunchKernelEx_ptsz, true);
+
+macro_rules! launch_cooperative {
+    ($name:ident, $per_thread:expr) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            function: CUfunction,
+            gx: c_uint, gy: c_uint, gz: c_uint,
+            bx: c_uint, by: c_uint, bz: c_uint,
+            shared: c_uint,
+            stream: CUstream,
+            params: *mut *mut c_void,
+        ) -> CUresult {
+            guard(stringify!($name), || unsafe {
+                let given = Params { params, extra: std::ptr::null_mut() };
+                launch(stringify!($name), function, stream_key(stream, $per_thread), given, |p| {
+                    real_call!($name(function, gx, gy, gz, bx, by, bz, shared, stream, p.params))
+                })
+            })
+        }
+    };
+}
+
+launch_cooperative!(cuLaunchCooperativeKernel, false);
+launch_cooperative!(cuLaunchCooperativeKernel_ptsz, true);
+
+/// A graph launch is not translated: dirty staged copies are written back before it and
+/// every staged copy is dropped after it (it may write donor extents).
+unsafe fn graph_launch(stream: usize, issue: impl FnOnce() -> CUresult) -> CUresult {
+    if !ACTIVE.load(Ordering::Relaxed) {
+        return issue();
+    }
+    if let Some(Err(code)) = with_current(|engine| engine.before_graph(stream)) {
+        staging::count_error("before_graph", code);
+    }
+    let code = issue();
+    if code == result::SUCCESS
+        && let Some(Err(code)) = with_current(|engine| engine.after_graph(stream))
+    {
+        staging::count_error("after_graph", code);
+    }
+    code
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphLaunch(graph: CUgraphExec, stream: CUstream) -> CUresult {
+    guard("cuGraphLaunch", || unsafe { graph_launch(stream_key(stream, false), || real_call!(cuGraphLaunch(graph, stream))) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphLaunch_ptsz(graph: CUgraphExec, stream: CUstream) -> CUresult {
+    guard("cuGraphLaunch_ptsz", || unsafe { graph_launch(stream_key(stream, true), || real_call!(cuGraphLaunch_ptsz(graph, stream))) })
+}
