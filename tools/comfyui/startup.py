@@ -62,6 +62,7 @@ def not_loaded_message():
     return (
         "vvram is not loaded in this ComfyUI process, so the vvram nodes change nothing. "
         f"Stop ComfyUI and start it under vvram:\n  {start_command()}\n"
-        "(`vvram` and libvvram.so come from the Rust build, `cargo build --release`, in target/release/; "
+        "(`vvram` and libvvram.so come with the vvram wheel, `pip install vvram`, which this package's "
+        "requirements.txt installs, or from the Rust build, `cargo build --release`, in target/release/; "
         f"the nodes then replace that starting policy per workflow).{why}"
     )

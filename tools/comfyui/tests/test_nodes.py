@@ -242,3 +242,19 @@ def test_the_chart_is_labelled():
     assert image.shape == (height, report.WIDTH, 3)
     message = report.chart_layout(dict(stats, devices=[], policy_error="GPU 0 holds 24 GiB, but the policy gives out 100 GiB"))[0]
     assert any("100 GiB" in i.text for i in message if isinstance(i, report.Text))
+
+
+@pytest.mark.parametrize("has_flag", [True, False])
+def test_inside_comfyui_the_flag_is_asked_of_its_argument_parser(monkeypatch, has_flag):
+    import argparse
+    import types
+
+    from comfyui import startup
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cpu", action="store_true")
+    if has_flag:
+        parser.add_argument("--disable-dynamic-vram", action="store_true")
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", types.SimpleNamespace(parser=parser))
+    assert startup.accepts_dynamic_vram_flag("/nonexistent") == has_flag
+    assert startup.start_command(argv=["--cpu"], directory="/nonexistent").endswith("--cpu" + " --disable-dynamic-vram" * has_flag)
