@@ -205,3 +205,37 @@ fn the_fake_driver_refuses_bad_copies_instead_of_crashing_its_stream_worker() {
     // Without the shim there is no control API: the scenario needs none.
     assert!(figures(&out, "replay bad-copies:").contains(": ok"), "{}", describe(&out));
 }
+
+/// Builds `c/replay.c` as a library linked into a program and as a second library the
+/// program loads `RTLD_LOCAL`.
+fn replay_program() -> (PathBuf, PathBuf) {
+    let dir = build_dir().join("reliability-tests/replay");
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("c/replay.c");
+    let cc = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("cc").args(args).output().expect("a C compiler (cc) to build the replay programs");
+        assert!(out.status.success(), "{}", describe(&out));
+    };
+    let (library, local, program) = (dir.join("libreplay.so"), dir.join("libreplay-local.so"), dir.join("replay"));
+    for lib in [&library, &local] {
+        cc(&["-shared".as_ref(), "-fPIC".as_ref(), "-o".as_ref(), lib.as_os_str(), source.as_os_str(), "-ldl".as_ref()]);
+    }
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    let link = format!("-L{}", dir.display());
+    cc(&["-DREPLAY_MAIN".as_ref(), "-o".as_ref(), program.as_os_str(), source.as_os_str(), link.as_ref(), "-lreplay".as_ref(), rpath.as_ref(), "-ldl".as_ref()]);
+    (program, local)
+}
+
+#[test]
+fn cuda_from_a_constructor_and_rtld_next_from_a_local_library() {
+    let (program, local) = replay_program();
+    let policy = write_file("replay.toml", POLICY);
+    let mut command = on_fake_driver(&program);
+    command.env("LD_PRELOAD", shim_library()).env("FAKECUDA_DEVICES", "256MiB").env_remove("VVRAM_LOG").env("VVRAM_POLICY", &policy).arg(&local);
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout.contains("constructor before main: 0"), "{stdout}");
+    assert_eq!(stdout.matches("RTLD_NEXT malloc from a RTLD_LOCAL library: libc").count(), 3, "{stdout}");
+    assert!(stdout.contains("cudnnCreate from a RTLD_LOCAL library: not found"), "{stdout}");
+}
