@@ -52,7 +52,7 @@ fn worker(env: &Env, control: &Control, thread: u64, ops: u64, seed: u64) -> Res
         let choice = rng.below(100);
         match choice {
             0..=29 if live.len() < 8 => {
-                let size = if rng.below(4) == 0 { MIB + rng.below(5 * MIB) } else { HEAD as u64 + rng.below(64 << 10) };
+                let size = if rng.below(4) == 0 { MIB + rng.below(5 * MIB) } else { HEAD as u64 + 1 + rng.below(64 << 10) };
                 let mut p = 0;
                 let code = if rng.below(4) == 0 {
                     api.cuMemAllocAsync.map_or(result::NOT_FOUND, |f| unsafe { f(&mut p, size as usize, stream) })
