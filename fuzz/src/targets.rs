@@ -64,7 +64,7 @@ impl Target for PolicyTarget {
         let text = String::from_utf8_lossy(input);
         match parse_policy("fuzz.toml", &text) {
             Ok(policy) => {
-                let _ = resolve(&policy, &Machine { devices: vec![24 << 30, 24 << 30], host: 64 << 30 });
+                let _ = resolve(&policy, &Machine { devices: vec![24 << 30, 24 << 30], host: 64 << 30, ..Machine::default() });
             }
             Err(error) => assert!(error.location.line >= 1 && !error.to_string().is_empty()),
         }
@@ -84,7 +84,7 @@ impl Target for DistorchTarget {
         let text = String::from_utf8_lossy(input);
         let _ = parse_allocation(&text, 0, "--alloc", Location { line: 1, column: 1 });
         if let Ok(policy) = policy_from_allocation("--alloc", &text, 1) {
-            for machine in [Machine { devices: vec![24 << 30; 3], host: 64 << 30 }, Machine { devices: vec![u64::MAX; 3], host: u64::MAX }] {
+            for machine in [Machine { devices: vec![24 << 30; 3], host: 64 << 30, ..Machine::default() }, Machine { devices: vec![u64::MAX; 3], host: u64::MAX, ..Machine::default() }] {
                 let _ = resolve(&policy, &machine);
             }
         }
@@ -130,7 +130,13 @@ impl Target for ResolveTarget {
             2 => u64::MAX - b as u64,
             _ => (b as u64) << 56,
         };
-        let machine = Machine { devices: (0..1 + word(0) % 4).map(|i| size(word(1 + i as usize))).collect(), host: size(word(7)) };
+        let count = 1 + word(0) as usize % 4;
+        // Byte 6 says which GPU pairs reach each other (all when its top bit is set) and
+        // whether the host tier is usable.
+        let reach = word(6);
+        let peers = if reach & 0x80 != 0 { Vec::new() } else { (0..count).map(|a| (0..count).map(|b| a == b || reach >> ((a * count + b) % 6) & 1 == 1).collect()).collect() };
+        let host_unusable = (reach & 0x40 != 0).then(|| "no host VMM support".to_string());
+        let machine = Machine { devices: (0..count).map(|i| size(word(1 + i))).collect(), host: size(word(7)), peers, host_unusable };
         let Ok(policy) = parse_policy("fuzz.toml", &String::from_utf8_lossy(text)) else { return };
         let Ok(plan) = resolve(&policy, &machine) else { return };
         for device in &plan.devices {
