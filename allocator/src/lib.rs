@@ -9,7 +9,7 @@ mod manager;
 mod memory_driver;
 
 pub use driver::{Driver, EventId, Handle, Location};
-pub use manager::{
+pub use manager::{FIRST_BUFFER_ID, 
     AllocationInfo, CHUNK, MAX_RESERVATION, Counters, DeviceUsage, MemoryManager, Request, SMALL_ALIGN, SMALL_LIMIT, Segment, TierUsage,
 };
 pub use memory_driver::{Calls, MemoryDriver};

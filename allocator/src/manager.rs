@@ -20,6 +20,10 @@ use vvram_policy::{Plan, Tier};
 
 /// Physical chunk size: the allocation granularity of current GPUs and of host memory.
 pub const CHUNK: u64 = 2 << 20;
+/// The first buffer id (`CU_POINTER_ATTRIBUTE_BUFFER_ID`) of a vvram allocation. The
+/// driver numbers its buffers from 1 up; vvram's start far above, so that an id names one
+/// buffer in the whole process, the driver's or vvram's.
+pub const FIRST_BUFFER_ID: u64 = 1 << 48;
 /// Requests below this share slabs; requests at or above it get their own extent.
 pub const SMALL_LIMIT: u64 = 1 << 20;
 /// Alignment of allocations inside slabs (cudaMalloc guarantees 256).
@@ -195,7 +199,7 @@ impl<D: Driver> MemoryManager<D> {
             stuck: Vec::new(),
             pins: HashMap::new(),
             deferred: HashMap::new(),
-            next_id: 1,
+            next_id: FIRST_BUFFER_ID - 1,
             counters: Counters::default(),
         }
     }
@@ -749,6 +753,11 @@ impl<D: Driver> MemoryManager<D> {
                 Err(code)
             }
         }
+    }
+
+    /// Whether `handle` was made by [`Self::create_for_application`] and is still live.
+    pub fn is_application_handle(&self, handle: Handle) -> bool {
+        self.app_handles.contains_key(&handle)
     }
 
     /// Forgets a handle made by [`Self::create_for_application`]; false when it is not one.

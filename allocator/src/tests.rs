@@ -23,6 +23,16 @@ fn used(m: &MemoryManager<MemoryDriver>, tier: Tier) -> u64 {
 }
 
 #[test]
+fn buffer_ids_are_vvram_s_own_range_and_never_repeat() {
+    let mut m = manager(LOCAL_THEN_HOST);
+    let ids: Vec<u64> = [4 * MIB, 1024, 8 * MIB].into_iter().map(|size| {
+        let address = m.allocate(request(size)).unwrap();
+        m.find(address).unwrap().id
+    }).collect();
+    assert_eq!(ids, vec![FIRST_BUFFER_ID, FIRST_BUFFER_ID + 1, FIRST_BUFFER_ID + 2]);
+}
+
+#[test]
 fn allocations_fill_local_then_spill_to_the_host() {
     let mut m = manager(LOCAL_THEN_HOST);
     let a = m.allocate(request(48 * MIB)).unwrap();

@@ -39,6 +39,8 @@ pub type CUkernel = *mut c_void;
 pub type CUgraphExec = *mut c_void;
 /// `CUmemoryPool`.
 pub type CUmemoryPool = *mut c_void;
+/// `CUipcMemHandle`: 64 opaque bytes.
+pub type CUipcMemHandle = [u8; 64];
 /// `CUmemGenericAllocationHandle`.
 pub type CUmemGenericAllocationHandle = u64;
 
@@ -439,6 +441,8 @@ driver_api! {
     cuMemUnmap: fn(ptr: CUdeviceptr, size: usize);
     cuMemSetAccess: fn(ptr: CUdeviceptr, size: usize, desc: *const CUmemAccessDesc, count: usize);
     cuMemGetAllocationGranularity: fn(granularity: *mut usize, prop: *const CUmemAllocationProp, option: c_uint);
+    cuMemRetainAllocationHandle: fn(handle: *mut CUmemGenericAllocationHandle, address: *mut c_void);
+    cuIpcGetMemHandle: fn(handle: *mut CUipcMemHandle, dptr: CUdeviceptr);
     cuModuleLoadData: fn(module: *mut CUmodule, image: *const c_void);
     cuModuleUnload: fn(module: CUmodule);
     cuModuleGetFunction: fn(function: *mut CUfunction, module: CUmodule, name: *const c_char);

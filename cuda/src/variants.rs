@@ -134,6 +134,8 @@ variants![
     ("cuMemUnmap", "cuMemUnmap", 10020, NEWEST),
     ("cuMemSetAccess", "cuMemSetAccess", 10020, NEWEST),
     ("cuMemGetAllocationGranularity", "cuMemGetAllocationGranularity", 10020, NEWEST),
+    ("cuMemRetainAllocationHandle", "cuMemRetainAllocationHandle", 11000, NEWEST),
+    ("cuIpcGetMemHandle", "cuIpcGetMemHandle", 4010, NEWEST),
     ("cuModuleLoadData", "cuModuleLoadData", 2000, NEWEST),
     ("cuModuleUnload", "cuModuleUnload", 2000, NEWEST),
     ("cuModuleGetFunction", "cuModuleGetFunction", 2000, NEWEST),

@@ -79,6 +79,8 @@ hook_table!(
     cuMemsetD32_v2,
     cuMemsetD8Async,
     cuMemsetD32Async,
+    cuMemRetainAllocationHandle,
+    cuIpcGetMemHandle,
 );
 
 /// The hook for an exact symbol name. Allocation-free and lock-free.

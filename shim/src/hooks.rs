@@ -281,19 +281,57 @@ unsafe fn own_attribute(info: &AllocationInfo, attribute: c_int, data: *mut c_vo
     }
 }
 
+/// The physical allocation the application mapped at `address`, if it is the
+/// application's own virtual memory (the driver knows a handle for it).
+fn mapped_handle(address: u64) -> Option<u64> {
+    let mut handle = 0;
+    if real_call!(cuMemRetainAllocationHandle(&mut handle, address as *mut c_void)) != result::SUCCESS {
+        return None;
+    }
+    real_call!(cuMemRelease(handle));
+    Some(handle)
+}
+
+/// After the driver answered a pointer query: memory the application asked for on its
+/// GPU (`cuMemCreate`) that vvram placed on the host is device memory to the
+/// application, as it would be without vvram, so that no library takes it for a CPU
+/// buffer (the driver says HOST for host-located virtual memory).
+unsafe fn as_device_memory(code: CUresult, attribute: c_int, data: *mut c_void, ptr: CUdeviceptr) -> CUresult {
+    if code != result::SUCCESS || attribute != CU_POINTER_ATTRIBUTE_MEMORY_TYPE || data.is_null() {
+        return code;
+    }
+    // SAFETY: the driver just wrote the memory type there.
+    if unsafe { *(data as *const c_uint) } == CU_MEMORYTYPE_HOST
+        && let Some(handle) = mapped_handle(ptr)
+        && state().manager.as_ref().is_some_and(|m| m.is_application_handle(handle))
+    {
+        unsafe { *(data as *mut c_uint) = CU_MEMORYTYPE_DEVICE };
+    }
+    code
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuPointerGetAttribute(data: *mut c_void, attribute: c_int, ptr: CUdeviceptr) -> CUresult {
     guard("cuPointerGetAttribute", || {
-        find(ptr)
-            .and_then(|info| unsafe { own_attribute(&info, attribute, data) })
-            .unwrap_or_else(|| real_call!(cuPointerGetAttribute(data, attribute, ptr)))
+        find(ptr).and_then(|info| unsafe { own_attribute(&info, attribute, data) }).unwrap_or_else(|| unsafe {
+            as_device_memory(real_call!(cuPointerGetAttribute(data, attribute, ptr)), attribute, data, ptr)
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuPointerGetAttributes(count: c_uint, attributes: *mut c_int, data: *mut *mut c_void, ptr: CUdeviceptr) -> CUresult {
     guard("cuPointerGetAttributes", || {
-        let Some(info) = find(ptr) else { return real_call!(cuPointerGetAttributes(count, attributes, data, ptr)) };
+        let Some(info) = find(ptr) else {
+            let code = real_call!(cuPointerGetAttributes(count, attributes, data, ptr));
+            if code == result::SUCCESS && !attributes.is_null() && !data.is_null() {
+                for i in 0..count as usize {
+                    // SAFETY: the application's arrays of `count` entries.
+                    unsafe { as_device_memory(code, *attributes.add(i), *data.add(i), ptr) };
+                }
+            }
+            return code;
+        };
         if attributes.is_null() || data.is_null() {
             return result::INVALID_VALUE;
         }
@@ -323,7 +361,7 @@ enum Order {
 /// copy's ordering point; other pieces go through `device_copy`. `None` when the
 /// destination has no host-tier piece (the caller passes the call through).
 fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: Order, device_copy: impl Fn(u64, *const c_void, usize) -> CUresult) -> Option<CUresult> {
-    if src.is_null() || len == 0 {
+    if src.is_null() || len == 0 || !is_host_memory(src as u64) {
         return None;
     }
     // Pinned from the lookup to the end of the copy: a racing free is deferred until then.
@@ -373,14 +411,16 @@ impl Drop for Pinned {
 }
 
 /// Whether `address` is host memory the CPU may read: pinned, or pageable (unknown to
-/// the driver), and not a vvram allocation.
+/// the driver); never a vvram allocation, nor the application's own virtual memory,
+/// which the driver calls HOST when it is host-located although the CPU may have no
+/// access to it.
 fn is_host_memory(address: u64) -> bool {
     if find(address).is_some() {
         return false;
     }
     let mut kind: c_uint = 0;
     match real_call!(cuPointerGetAttribute(&mut kind as *mut c_uint as *mut c_void, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, address)) {
-        result::SUCCESS => kind == CU_MEMORYTYPE_HOST,
+        result::SUCCESS => kind == CU_MEMORYTYPE_HOST && mapped_handle(address).is_none(),
         _ => true,
     }
 }
@@ -389,9 +429,6 @@ fn is_host_memory(address: u64) -> bool {
 /// memory into vvram memory.
 fn unified_h2d(dst: u64, src: u64, len: usize, order: Order, device_copy: impl Fn(u64, u64, usize) -> CUresult) -> Option<CUresult> {
     find(dst)?;
-    if !is_host_memory(src) {
-        return None;
-    }
     fast_h2d(dst, src as *const c_void, len, order, |d, s, n| device_copy(d, s as u64, n))
 }
 
@@ -509,6 +546,33 @@ pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> C
             manager.forget_application_handle(handle);
         }
         real_call!(cuMemRelease(handle))
+    })
+}
+
+/// vvram memory is a `cuMemAlloc`-like allocation to the application: it has no handle
+/// of the application's to retain, whatever backs it (the driver's answer for such
+/// memory is `CUDA_ERROR_INVALID_VALUE`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, address: *mut c_void) -> CUresult {
+    guard("cuMemRetainAllocationHandle", || {
+        if find(address as u64).is_some() {
+            return result::INVALID_VALUE;
+        }
+        real_call!(cuMemRetainAllocationHandle(handle, address))
+    })
+}
+
+/// vvram memory cannot be shared with another process through a legacy IPC handle (its
+/// chunks are the shim's, made without shareable handle types): refused as the driver
+/// refuses memory it cannot export, `CUDA_ERROR_INVALID_VALUE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuIpcGetMemHandle(handle: *mut CUipcMemHandle, dptr: CUdeviceptr) -> CUresult {
+    guard("cuIpcGetMemHandle", || {
+        if find(dptr).is_some() {
+            tracing::warn!(dptr, "cuIpcGetMemHandle on vvram memory: it cannot be shared with another process");
+            return result::INVALID_VALUE;
+        }
+        real_call!(cuIpcGetMemHandle(handle, dptr))
     })
 }
 

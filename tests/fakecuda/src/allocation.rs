@@ -169,3 +169,16 @@ pub unsafe extern "C" fn cuPointerGetAttributes(
         Ok(())
     })
 }
+
+/// `cuIpcGetMemHandle`: a handle for a `cuMemAlloc` allocation (its buffer id in the
+/// 64 bytes); virtual memory the application mapped itself has no legacy IPC handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuIpcGetMemHandle(handle: *mut [u8; 64], dptr: CUdeviceptr) -> CUresult {
+    entry("cuIpcGetMemHandle", true, || {
+        let (base, allocation) = memory::allocation_containing(dptr).filter(|(base, _)| *base == dptr).ok_or(result::INVALID_VALUE)?;
+        let mut bytes = [0u8; 64];
+        bytes[..8].copy_from_slice(&allocation.id.to_ne_bytes());
+        bytes[8..16].copy_from_slice(&base.to_ne_bytes());
+        unsafe { out(handle, bytes) }
+    })
+}

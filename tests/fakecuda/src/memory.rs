@@ -41,7 +41,8 @@ struct PhysicalHandle {
     fd: i32,
     size: u64,
     place: Place,
-    released: bool,
+    /// `cuMemCreate` and `cuMemRetainAllocationHandle` references not yet released.
+    references: usize,
     mappings: usize,
 }
 
@@ -288,12 +289,12 @@ pub fn create(size: u64, place: Place) -> Result<u64, CUresult> {
     }
     let handle = state.next_id;
     state.next_id += 1;
-    state.handles.insert(handle, PhysicalHandle { fd, size, place, released: false, mappings: 0 });
+    state.handles.insert(handle, PhysicalHandle { fd, size, place, references: 1, mappings: 0 });
     Ok(handle)
 }
 
 fn destroy_if_unused(state: &mut State, handle: u64) {
-    let unused = state.handles.get(&handle).is_some_and(|h| h.released && h.mappings == 0);
+    let unused = state.handles.get(&handle).is_some_and(|h| h.references == 0 && h.mappings == 0);
     if unused
         && let Some(h) = state.handles.remove(&handle) {
             // SAFETY: the descriptor belongs to the handle being destroyed.
@@ -302,11 +303,12 @@ fn destroy_if_unused(state: &mut State, handle: u64) {
         }
 }
 
-/// `cuMemRelease`: the memory goes once its last mapping is unmapped.
+/// `cuMemRelease`: drops one reference; the memory goes once the last is released and
+/// the last mapping unmapped.
 pub fn release(handle: u64) -> Result<(), CUresult> {
     let mut state = state().lock().unwrap();
     match state.handles.get_mut(&handle) {
-        Some(h) if !h.released => h.released = true,
+        Some(h) if h.references > 0 => h.references -= 1,
         _ => return Err(result::INVALID_VALUE),
     }
     destroy_if_unused(&mut state, handle);
@@ -338,7 +340,7 @@ pub fn map(address: u64, size: u64, offset: u64, handle: u64) -> Result<(), CUre
         return Err(result::ALREADY_MAPPED);
     }
     let physical = state.handles.get_mut(&handle).ok_or(result::INVALID_HANDLE)?;
-    if physical.released || offset + size > physical.size {
+    if physical.references == 0 || offset + size > physical.size {
         return Err(result::INVALID_VALUE);
     }
     for at in [address, device_view] {
@@ -385,6 +387,20 @@ pub fn unmap(address: u64, size: u64) -> Result<(), CUresult> {
         destroy_if_unused(&mut state, mapping.handle);
     }
     Ok(())
+}
+
+/// `cuMemRetainAllocationHandle`: one more reference to the physical allocation mapped
+/// at `address`. Memory from `cuMemAlloc` is not the application's virtual memory: the
+/// driver refuses it, as an address nothing maps.
+pub fn retain(address: u64) -> Result<u64, CUresult> {
+    if allocation_containing(address).is_some() {
+        return Err(result::INVALID_VALUE);
+    }
+    let (_, mapping) = mapping_containing(address).ok_or(result::INVALID_VALUE)?;
+    let mut state = state().lock().unwrap();
+    let physical = state.handles.get_mut(&mapping.handle).ok_or(result::INVALID_VALUE)?;
+    physical.references += 1;
+    Ok(mapping.handle)
 }
 
 /// The places of the physical memory mapped over `[address, address + size)`, which

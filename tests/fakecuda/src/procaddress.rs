@@ -109,6 +109,8 @@ fn entries() -> &'static [Entry] {
             ("cuMemUnmap", 10020, cuMemUnmap),
             ("cuMemSetAccess", 10020, cuMemSetAccess),
             ("cuMemGetAllocationGranularity", 10020, cuMemGetAllocationGranularity),
+            ("cuMemRetainAllocationHandle", 11000, cuMemRetainAllocationHandle),
+            ("cuIpcGetMemHandle", 4010, cuIpcGetMemHandle),
             ("cuModuleLoadData", 2000, cuModuleLoadData),
             ("cuModuleUnload", 2000, cuModuleUnload),
             ("cuModuleGetFunction", 2000, cuModuleGetFunction),

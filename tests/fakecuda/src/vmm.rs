@@ -139,3 +139,8 @@ pub unsafe extern "C" fn cuMemGetAllocationGranularity(granularity: *mut usize, 
         unsafe { out(granularity, memory::granularity(place_of(&prop.location)?) as usize) }
     })
 }
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, address: *mut c_void) -> CUresult {
+    entry("cuMemRetainAllocationHandle", true, || unsafe { out(handle, memory::retain(address as u64)?) })
+}

@@ -95,7 +95,9 @@ fn host_to_device_copies_go_through_the_cpu_in_stream_order() {
 
 #[test]
 fn application_virtual_memory_is_placed_by_the_rules() {
-    assert!(passes(&exercise(&["app-vmm"], &[])).contains("ok: application cuMemCreate placed 48 MiB local, 128 MiB host"));
+    let stdout = passes(&exercise(&["app-vmm"], &[]));
+    assert!(stdout.contains("ok: application cuMemCreate placed 48 MiB local, 128 MiB host"), "{stdout}");
+    assert!(stdout.contains("ok: the application's host-placed device memory is device memory to queries and copies"), "{stdout}");
 }
 
 #[test]

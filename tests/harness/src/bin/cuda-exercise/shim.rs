@@ -2,7 +2,7 @@
 //! read the shim's own account of placement through `vvram_stats_json`.
 
 use super::{Checked, Failure, Session, ensure};
-use std::ffi::{CString, c_char, c_int, c_void};
+use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 use vvram_cuda::*;
 use vvram_harness::cu;
 
@@ -284,6 +284,47 @@ pub fn app_vmm(s: &Session) -> Checked {
     let (local_used, host_used) = (control.tier_used("local")?, control.tier_used("host")?);
     ensure(local_used == 0 && host_used == 0, || format!("after release: {local_used} local, {host_used} host"))?;
     println!("ok: application cuMemCreate placed {} MiB local, {} MiB host; kernels read across", local_pieces * piece / MIB, host / MIB);
+    redirected_memory_stays_device_memory(s, &control, piece)
+}
+
+/// The application's device memory that vvram placed on the host: pointer queries call
+/// it device memory, copies from it never go through the CPU (which may not touch it),
+/// and neither it nor vvram's own memory hands out handles it should not.
+fn redirected_memory_stays_device_memory(s: &Session, control: &Control, piece: u64) -> Checked {
+    let local_left = control.capacity("local")? - control.tier_used("local")?;
+    let filler = alloc(s, local_left)?;
+    let on_host = alloc(s, piece)?;
+    ensure(control.tier_used("host")? == piece, || "the second buffer did not land on the host tier".into())?;
+    let prop = CUmemAllocationProp::pinned(CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: 0 });
+    let (mut handle, mut base) = (0, 0u64);
+    cu!(s.cuda, cuMemCreate(&mut handle, piece as usize, &prop, 0))?;
+    ensure(control.tier_used("host")? == 2 * piece, || "the application's memory did not land on the host tier".into())?;
+    cu!(s.cuda, cuMemAddressReserve(&mut base, piece as usize, 0, 0, 0))?;
+    cu!(s.cuda, cuMemMap(base, piece as usize, 0, handle, 0))?;
+    let access = CUmemAccessDesc { location: CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: 0 }, flags: CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
+    cu!(s.cuda, cuMemSetAccess(base, piece as usize, &access, 1))?;
+    let mut kind: c_uint = 0;
+    cu!(s.cuda, cuPointerGetAttribute(&mut kind as *mut c_uint as *mut c_void, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, base))?;
+    ensure(kind == CU_MEMORYTYPE_DEVICE, || format!("the application's device memory placed on the host has memory type {kind}"))?;
+    let n = piece as usize / 4;
+    s.fill(std::ptr::null_mut(), base, 2.5, n)?;
+    cu!(s.cuda, cuMemcpy(on_host, base, piece as usize))?;
+    ensure(s.read_f32(on_host, n)?.iter().all(|v| *v == 2.5), || "a copy from the application's host-placed memory lost data".into())?;
+    let mut retained = 0;
+    let code = s.cuda.api.cuMemRetainAllocationHandle.map_or(0, |f| unsafe { f(&mut retained, on_host as *mut c_void) });
+    ensure(code == result::INVALID_VALUE, || format!("cuMemRetainAllocationHandle on vvram memory gave {code} (handle {retained})"))?;
+    cu!(s.cuda, cuMemRetainAllocationHandle(&mut retained, base as *mut c_void))?;
+    ensure(retained == handle, || "cuMemRetainAllocationHandle on the application's memory gave another handle".into())?;
+    cu!(s.cuda, cuMemRelease(retained))?;
+    let mut ipc = [0u8; 64];
+    let code = s.cuda.api.cuIpcGetMemHandle.map_or(0, |f| unsafe { f(&mut ipc, on_host) });
+    ensure(code == result::INVALID_VALUE, || format!("cuIpcGetMemHandle on vvram memory gave {code}"))?;
+    cu!(s.cuda, cuMemUnmap(base, piece as usize))?;
+    cu!(s.cuda, cuMemRelease(handle))?;
+    cu!(s.cuda, cuMemAddressFree(base, piece as usize))?;
+    cu!(s.cuda, cuMemFree_v2(on_host))?;
+    cu!(s.cuda, cuMemFree_v2(filler))?;
+    println!("ok: the application's host-placed device memory is device memory to queries and copies; no handles to share");
     Ok(())
 }
 
