@@ -65,6 +65,10 @@ fn entry(symbol: &str, needs_init: bool, body: impl FnOnce() -> Outcome) -> CUre
     if let Some(code) = fault::injected(&config().faults, symbol) {
         return code;
     }
+    // A host function queued on a stream must not call CUDA; the driver refuses.
+    if stream::in_host_function() {
+        return result::NOT_PERMITTED;
+    }
     if needs_init && !INITIALIZED.load(Ordering::Acquire) {
         return result::NOT_INITIALIZED;
     }

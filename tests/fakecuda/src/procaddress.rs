@@ -92,6 +92,7 @@ fn entries() -> &'static [Entry] {
             ("cuStreamCreate", 2000, cuStreamCreate),
             ("cuStreamDestroy", 4000, cuStreamDestroy_v2),
             ("cuStreamSynchronize", 2000, cuStreamSynchronize, cuStreamSynchronize_ptsz),
+            ("cuLaunchHostFunc", 10000, cuLaunchHostFunc, cuLaunchHostFunc_ptsz),
             ("cuStreamQuery", 2000, cuStreamQuery, cuStreamQuery_ptsz),
             ("cuStreamWaitEvent", 3020, cuStreamWaitEvent, cuStreamWaitEvent_ptsz),
             ("cuEventCreate", 2000, cuEventCreate),

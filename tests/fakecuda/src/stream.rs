@@ -164,6 +164,23 @@ pub fn synchronize_device(device: usize) {
 }
 
 thread_local! {
+    /// Set while a stream worker runs a host function (`cuLaunchHostFunc`).
+    static IN_HOST_FUNCTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is running a host function queued on a stream.
+pub fn in_host_function() -> bool {
+    IN_HOST_FUNCTION.with(|flag| flag.get())
+}
+
+/// Runs `function` as a host function: CUDA calls inside it are refused.
+pub fn run_host_function(function: impl FnOnce()) {
+    IN_HOST_FUNCTION.with(|flag| flag.set(true));
+    function();
+    IN_HOST_FUNCTION.with(|flag| flag.set(false));
+}
+
+thread_local! {
     static PER_THREAD: std::cell::RefCell<HashMap<usize, Arc<Stream>>> = Default::default();
 }
 

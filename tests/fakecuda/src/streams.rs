@@ -50,6 +50,29 @@ fn stream_sync(handle: CUstream, per_thread: bool) -> Outcome {
     Ok(())
 }
 
+/// A host function and its argument, carried to the stream's worker.
+struct HostFunction(unsafe extern "C" fn(*mut c_void), usize);
+
+fn launch_host_function(handle: CUstream, per_thread: bool, function: Option<unsafe extern "C" fn(*mut c_void)>, data: *mut c_void) -> Outcome {
+    let function = HostFunction(function.ok_or(result::INVALID_VALUE)?, data as usize);
+    submit(&stream_of(handle, per_thread)?, false, move || {
+        let HostFunction(function, data) = function;
+        // SAFETY: the application's function with its own argument, as the driver calls it.
+        crate::stream::run_host_function(|| unsafe { function(data as *mut c_void) });
+    });
+    Ok(())
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchHostFunc(handle: CUstream, function: Option<unsafe extern "C" fn(*mut c_void)>, data: *mut c_void) -> CUresult {
+    entry("cuLaunchHostFunc", true, || launch_host_function(handle, false, function, data))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchHostFunc_ptsz(handle: CUstream, function: Option<unsafe extern "C" fn(*mut c_void)>, data: *mut c_void) -> CUresult {
+    entry("cuLaunchHostFunc_ptsz", true, || launch_host_function(handle, true, function, data))
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamSynchronize(handle: CUstream) -> CUresult {
     entry("cuStreamSynchronize", true, || stream_sync(handle, false))

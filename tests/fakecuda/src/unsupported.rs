@@ -251,7 +251,6 @@ unsupported!(
     ("cuLaunchCooperativeKernelMultiDevice", cuLaunchCooperativeKernelMultiDevice),
     ("cuLaunchGrid", cuLaunchGrid),
     ("cuLaunchGridAsync", cuLaunchGridAsync),
-    ("cuLaunchHostFunc", cuLaunchHostFunc),
     ("cuLaunchHostFunc", cuLaunchHostFunc_v2),
     ("cuLibraryEnumerateKernels", cuLibraryEnumerateKernels),
     ("cuLibraryGetGlobal", cuLibraryGetGlobal),

@@ -192,7 +192,7 @@ fn a_real_driver_path_that_is_not_a_driver_stops_the_process() {
 
 #[test]
 fn replays_of_other_interposers_crash_classes() {
-    for name in ["prefix", "no-context", "pool-trim", "bad-copies"] {
+    for name in ["prefix", "no-context", "pool-trim", "bad-copies", "callback-free"] {
         let out = torture(POLICY, "256MiB", &["replay", name], &[]);
         assert!(figures(&out, &format!("replay {name}:")).contains(": ok"), "{}", describe(&out));
     }

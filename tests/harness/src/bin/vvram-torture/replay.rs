@@ -184,6 +184,56 @@ fn bad_copies() -> Result<(), String> {
     Ok(())
 }
 
+/// The callback's view of what to free and what `cuMemFree` answered.
+static CALLBACK_FREE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static CALLBACK_POINTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// `u32::MAX` until the callback ran.
+static CALLBACK_CODE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+unsafe extern "C" fn free_in_callback(_data: *mut c_void) {
+    use std::sync::atomic::Ordering;
+    // SAFETY: the address of cuMemFree_v2 stored before the callback was queued.
+    let free: unsafe extern "C" fn(CUdeviceptr) -> CUresult = unsafe { std::mem::transmute(CALLBACK_FREE.load(Ordering::Acquire)) };
+    CALLBACK_CODE.store(unsafe { free(CALLBACK_POINTER.load(Ordering::Acquire)) }, Ordering::Release);
+}
+
+/// `cuMemFree` inside a stream callback (`cuLaunchHostFunc`): CUDA calls there are not
+/// permitted, and `cuMemFree`'s synchronisation would wait for the callback itself. The
+/// call must come back with an error, not hang, and the memory stay the application's.
+fn callback_free() -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let env = Env::open()?;
+    let control = Control::find()?;
+    type HostFunc = unsafe extern "C" fn(CUstream, Option<unsafe extern "C" fn(*mut c_void)>, *mut c_void) -> CUresult;
+    let launch = lookup(env.cuda.handle, "cuLaunchHostFunc");
+    if launch.is_null() {
+        return Err("the driver has no cuLaunchHostFunc".into());
+    }
+    // SAFETY: the driver's signature.
+    let launch: HostFunc = unsafe { std::mem::transmute(launch) };
+    let free = env.cuda.api.cuMemFree_v2.ok_or("no cuMemFree_v2")?;
+    CALLBACK_FREE.store(free as usize, Ordering::Release);
+    let p = env.alloc(8 * MIB).map_err(|c| format!("allocation failed with {c}"))?;
+    CALLBACK_POINTER.store(p, Ordering::Release);
+    let mut stream = std::ptr::null_mut();
+    vvram_harness::cu!(env.cuda, cuStreamCreate(&mut stream, 1)).map_err(|e| e.to_string())?;
+    // SAFETY: a plain function and no argument.
+    let code = unsafe { launch(stream, Some(free_in_callback), std::ptr::null_mut()) };
+    if code != result::SUCCESS {
+        return Err(format!("cuLaunchHostFunc failed with {code}"));
+    }
+    vvram_harness::cu!(env.cuda, cuStreamSynchronize(stream)).map_err(|e| e.to_string())?;
+    let inside = CALLBACK_CODE.load(Ordering::Acquire);
+    if inside == result::SUCCESS || inside == u32::MAX {
+        return Err(format!("cuMemFree inside a stream callback answered {inside}"));
+    }
+    if env.free(p) != result::SUCCESS || control.placed()? != 0 {
+        return Err("the allocation could not be freed after the callback".into());
+    }
+    println!("replay callback-free: ok (cuMemFree in a callback: {inside}; freed afterwards)");
+    Ok(())
+}
+
 /// Runs one replay by name.
 pub fn replay(name: &str) -> Result<(), String> {
     match name {
@@ -191,6 +241,7 @@ pub fn replay(name: &str) -> Result<(), String> {
         "no-context" => no_context(),
         "pool-trim" => pool_trim(),
         "bad-copies" => bad_copies(),
-        other => Err(format!("unknown replay `{other}`: prefix, no-context, pool-trim, bad-copies")),
+        "callback-free" => callback_free(),
+        other => Err(format!("unknown replay `{other}`: prefix, no-context, pool-trim, bad-copies, callback-free")),
     }
 }
