@@ -377,6 +377,7 @@ driver_api! {
     cuDeviceGetPCIBusId: fn(bus_id: *mut c_char, len: c_int, device: CUdevice);
     cuDevicePrimaryCtxRetain: fn(context: *mut CUcontext, device: CUdevice);
     cuDevicePrimaryCtxRelease_v2: fn(device: CUdevice);
+    cuDevicePrimaryCtxGetState: fn(device: CUdevice, flags: *mut c_uint, active: *mut c_int);
     cuCtxSetCurrent: fn(context: CUcontext);
     cuCtxGetCurrent: fn(context: *mut CUcontext);
     cuCtxGetDevice: fn(device: *mut CUdevice);

@@ -70,6 +70,7 @@ variants![
     ("cuDeviceGetPCIBusId", "cuDeviceGetPCIBusId", 4010, NEWEST),
     ("cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRetain", 7000, NEWEST),
     ("cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease", 11000, NEWEST),
+    ("cuDevicePrimaryCtxGetState", "cuDevicePrimaryCtxGetState", 7000, NEWEST),
     ("cuCtxSetCurrent", "cuCtxSetCurrent", 4000, NEWEST),
     ("cuCtxGetCurrent", "cuCtxGetCurrent", 4000, NEWEST),
     ("cuCtxGetDevice", "cuCtxGetDevice", 2000, 13000),

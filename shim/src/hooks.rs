@@ -136,10 +136,9 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         if !owned(dptr) {
             return real_call!(cuMemFree_v2(dptr));
         }
-        // cuMemFree synchronises: queued work may still use the memory.
-        let synced = real_call!(cuCtxSynchronize());
-        if synced != result::SUCCESS {
-            return synced;
+        // cuMemFree synchronises: queued work may still use the memory, in any context.
+        if let Err(code) = crate::ops::synchronize_every_context() {
+            return code;
         }
         let device = find(dptr).map_or(0, |info| info.device);
         let freed = state().manager.as_mut().map(|m| {

@@ -88,3 +88,36 @@ impl Driver for RealOps {
         real_call!(cuEventDestroy_v2(event as *mut c_void));
     }
 }
+
+/// Waits until the work of every context that may use vvram memory has finished: the
+/// current context, then each GPU's primary context that is active (the application may
+/// have queued work on one GPU and free the memory from another's context, and
+/// `cuCtxSynchronize` waits for the current context only). The current context is
+/// restored.
+pub fn synchronize_every_context() -> Result<(), CUresult> {
+    let mut current = std::ptr::null_mut();
+    check(real_call!(cuCtxGetCurrent(&mut current)))?;
+    if !current.is_null() {
+        check(real_call!(cuCtxSynchronize()))?;
+    }
+    let mut count = 0;
+    check(real_call!(cuDeviceGetCount(&mut count)))?;
+    let mut outcome = Ok(());
+    for device in 0..count {
+        let (mut flags, mut active) = (0, 0);
+        if real_call!(cuDevicePrimaryCtxGetState(device, &mut flags, &mut active)) != result::SUCCESS || active == 0 {
+            continue;
+        }
+        let mut primary = std::ptr::null_mut();
+        if real_call!(cuDevicePrimaryCtxRetain(&mut primary, device)) != result::SUCCESS {
+            continue;
+        }
+        if primary != current {
+            real_call!(cuCtxSetCurrent(primary));
+            outcome = outcome.and(check(real_call!(cuCtxSynchronize())));
+        }
+        real_call!(cuDevicePrimaryCtxRelease_v2(device));
+    }
+    real_call!(cuCtxSetCurrent(current));
+    outcome
+}

@@ -101,6 +101,12 @@ fn application_virtual_memory_is_placed_by_the_rules() {
 }
 
 #[test]
+fn cu_mem_free_waits_for_work_in_every_context() {
+    let out = exercise(&["free-elsewhere"], &[("FAKECUDA_DEVICES", "256MiB,256MiB"), ("FAKECUDA_KERNEL_US", "300000")]);
+    assert!(passes(&out).contains("ok: cuMemFree from another GPU's context waited"), "{}", describe(&out));
+}
+
+#[test]
 fn control_api_policies_phases_and_stream_ordered_frees() {
     assert!(passes(&exercise(&["control"], &[("FAKECUDA_KERNEL_US", "300000")])).contains("ok: control API"));
 }

@@ -366,3 +366,26 @@ pub fn control(s: &Session) -> Checked {
     println!("ok: control API {version}: invalid policy refused with line:column, phase rules, stream-ordered free");
     Ok(())
 }
+
+/// `cuMemFree` of vvram memory from another GPU's context while a kernel on the owning
+/// GPU still writes it: the free waits for that kernel (FAKECUDA_KERNEL_US makes it slow),
+/// as the memory is never unmapped under running work.
+pub fn free_elsewhere(s: &Session) -> Checked {
+    ensure(s.device_count()? >= 2, || "free-elsewhere needs two devices".into())?;
+    let n = 4 * MIB as usize;
+    let buffer = alloc(s, 4 * n as u64)?;
+    let mut stream = std::ptr::null_mut();
+    cu!(s.cuda, cuStreamCreate(&mut stream, CU_STREAM_NON_BLOCKING))?;
+    s.fill(stream, buffer, 1.0, n)?;
+    let (mut here, mut there) = (std::ptr::null_mut(), std::ptr::null_mut());
+    cu!(s.cuda, cuCtxGetCurrent(&mut here))?;
+    cu!(s.cuda, cuDevicePrimaryCtxRetain(&mut there, 1))?;
+    cu!(s.cuda, cuCtxSetCurrent(there))?;
+    cu!(s.cuda, cuMemFree_v2(buffer))?;
+    cu!(s.cuda, cuCtxSetCurrent(here))?;
+    let query = s.cuda.api.cuStreamQuery.map_or(result::NOT_FOUND, |f| unsafe { f(stream) });
+    ensure(query == result::SUCCESS, || format!("cuMemFree returned while the kernel using the memory still ran ({query})"))?;
+    cu!(s.cuda, cuStreamDestroy_v2(stream))?;
+    println!("ok: cuMemFree from another GPU's context waited for the kernel using the memory");
+    Ok(())
+}
