@@ -6,7 +6,8 @@ use crate::hooks;
 use crate::real::{ensure_real_dlsym, real, real_address};
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::OnceLock;
-use vvram_cuda::{CUresult, result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use vvram_cuda::{CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, CUresult, result};
 
 /// A hooked driver symbol and the shim's replacement.
 pub struct Hook {
@@ -139,21 +140,48 @@ fn substitute(address: *mut c_void) -> Option<*const c_void> {
     Some(HOOKS[index].address)
 }
 
+/// The hook for the variant of `base` that `cuGetProcAddress` answers at `version` with
+/// `flags`, by name (vvram_cuda's table of variants).
+fn hook_by_variant(base: &[u8], version: c_int, flags: u64) -> Option<*const c_void> {
+    let base = std::str::from_utf8(base).ok()?;
+    let per_thread = flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM != 0;
+    let variant = vvram_cuda::answered(base, version, per_thread)?;
+    hook_named(variant.symbol.as_bytes())
+}
+
 /// After the real `cuGetProcAddress*` answered: put the hook in place of a hooked symbol.
 /// The real call chose the variant by `cudaVersion` and `flags` (`_ptsz`/`_ptds`) and
-/// set `symbolStatus`; the hook table has a hook per variant.
-unsafe fn substitute_answer(code: CUresult, pfn: *mut *mut c_void, symbol: *const c_char) -> CUresult {
-    if code == result::SUCCESS && !pfn.is_null() {
-        // SAFETY: the real driver just wrote it.
-        let answered = unsafe { *pfn };
-        if let Some(hook) = substitute(answered) {
-            unsafe { *pfn = hook as *mut c_void };
-        } else if !symbol.is_null() {
-            let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
-            if HOOKS.iter().any(|h| h.name.to_bytes().starts_with(name)) && !answered.is_null() {
-                tracing::debug!(symbol = %String::from_utf8_lossy(name), "cuGetProcAddress answered an address no hook stands for");
-            }
+/// set `symbolStatus`; the hook table has a hook per variant. The driver's address is
+/// matched first; a driver that answers a hooked name with another address than its
+/// exported symbol's (a trampoline, an internal entry) is answered by name and version,
+/// with a warning once: vvram is never bypassed silently.
+unsafe fn substitute_answer(code: CUresult, pfn: *mut *mut c_void, symbol: *const c_char, version: c_int, flags: u64) -> CUresult {
+    if code != result::SUCCESS || pfn.is_null() || symbol.is_null() {
+        return code;
+    }
+    // SAFETY: the real driver just wrote it.
+    let answered = unsafe { *pfn };
+    // Null, or already a hook: a driver whose own table binds to the exported symbols
+    // answers with whatever `LD_PRELOAD` put first.
+    if answered.is_null() || HOOKS.iter().any(|h| h.address == answered as *const c_void) {
+        return code;
+    }
+    if let Some(hook) = substitute(answered) {
+        unsafe { *pfn = hook as *mut c_void };
+        return code;
+    }
+    let name = unsafe { CStr::from_ptr(symbol) }.to_bytes();
+    if let Some(hook) = hook_by_variant(name, version, flags) {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            crate::log::init();
+            tracing::warn!(
+                symbol = %String::from_utf8_lossy(name),
+                version,
+                "cuGetProcAddress answered a hooked entry point with another address than its exported symbol: substituting by name and version"
+            );
         }
+        unsafe { *pfn = hook as *mut c_void };
     }
     code
 }
@@ -165,7 +193,7 @@ pub unsafe fn get_proc_address_v2(symbol: *const c_char, pfn: *mut *mut c_void, 
     };
     // SAFETY: the application's arguments, passed through.
     let code = unsafe { real_get(symbol, pfn, version, flags, status) };
-    unsafe { substitute_answer(code, pfn, symbol) }
+    unsafe { substitute_answer(code, pfn, symbol, version, flags) }
 }
 
 /// Door three, 4-argument form (asked for below version 12000).
@@ -176,7 +204,7 @@ pub unsafe fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, ver
         (None, Some(real_get)) => unsafe { real_get(symbol, pfn, version, flags, std::ptr::null_mut()) },
         (None, None) => return result::NOT_FOUND,
     };
-    unsafe { substitute_answer(code, pfn, symbol) }
+    unsafe { substitute_answer(code, pfn, symbol, version, flags) }
 }
 
 #[cfg(test)]
@@ -193,6 +221,17 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), HOOKS.len());
+    }
+
+    #[test]
+    fn every_hook_is_a_variant_cu_get_proc_address_answers() {
+        for hook in HOOKS {
+            let name = hook.name.to_str().unwrap();
+            let variant = vvram_cuda::variant(name).unwrap_or_else(|| panic!("{name} has no cuGetProcAddress variant"));
+            let flags = if variant.per_thread { CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM } else { 0 };
+            assert_eq!(hook_by_variant(variant.base.as_bytes(), variant.version(), flags), Some(hook.address), "{name}");
+        }
+        assert_eq!(hook_by_variant(b"cuMemAlloc", 2000, 0), None, "the 32-bit cuMemAlloc of CUDA 2.0 is not hooked");
     }
 
     #[test]

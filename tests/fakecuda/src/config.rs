@@ -15,6 +15,8 @@
 //!   (`CU_DEVICE_ATTRIBUTE_HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED`; 0 as on WSL).
 //! * `FAKECUDA_HOST_ACCESS="host-numa,host"`: the location types `cuMemSetAccess` accepts
 //!   to grant the CPU access (driver 580 accepts both; `none` for neither).
+//! * `FAKECUDA_PROC_INTERNAL=1`: `cuGetProcAddress` answers `cuMemAlloc` with an
+//!   internal entry point, not the exported symbol's address (some drivers do so).
 //! * `FAKECUDA_PIN_GBPS=5`: the rate at which host-located `cuMemCreate` pins memory, in
 //!   GB/s (0: instant), so lock contention around pinning shows in tests.
 //! * `CUDA_VISIBLE_DEVICES`: honoured as the driver does.
@@ -50,6 +52,8 @@ pub struct Config {
     pub host_access: Vec<u32>,
     /// Pinning rate of host-located `cuMemCreate`, bytes per second (0: instant).
     pub pin_bytes_per_second: u64,
+    /// Whether `cuGetProcAddress` answers with internal entry points.
+    pub proc_internal: bool,
 }
 
 impl Config {
@@ -183,7 +187,13 @@ fn read() -> Result<Config, String> {
             .map(|g| (g * 1e9) as u64)
             .ok_or_else(|| format!("FAKECUDA_PIN_GBPS `{s}`: expected GB/s (0 for instant)"))?,
     };
+    let proc_internal = match var("FAKECUDA_PROC_INTERNAL").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(s) => return Err(format!("FAKECUDA_PROC_INTERNAL `{s}`: expected 0 or 1")),
+    };
     Ok(Config {
+        proc_internal,
         devices,
         peers,
         host,

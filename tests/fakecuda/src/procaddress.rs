@@ -131,6 +131,17 @@ fn entries() -> &'static [Entry] {
 
 /// Looks a base name up: the newest variant not newer than `version`, its per-thread
 /// twin when `flags` asks for per-thread default stream semantics.
+/// `cuMemAlloc_v2` behind another address than the exported symbol's, as a driver may
+/// answer `cuGetProcAddress` with an internal entry point (`FAKECUDA_PROC_INTERNAL=1`).
+unsafe extern "C" fn internal_mem_alloc(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    entry("cuMemAlloc_v2", true, || unsafe { out(dptr, memory::allocate(current_device()?, bytes as u64)?) })
+}
+
+/// The internal entry points answered instead of the exported ones when configured.
+fn internal_twin(address: *const c_void) -> *const c_void {
+    if config().proc_internal && address == cuMemAlloc_v2 as *const c_void { internal_mem_alloc as *const c_void } else { address }
+}
+
 fn lookup(symbol: &str, version: c_int, flags: u64) -> Result<*const c_void, c_int> {
     let candidates: Vec<&Entry> = entries().iter().filter(|e| e.base == symbol).collect();
     if candidates.is_empty() {
@@ -141,10 +152,10 @@ fn lookup(symbol: &str, version: c_int, flags: u64) -> Result<*const c_void, c_i
         .filter(|e| e.since <= version)
         .max_by_key(|e| e.since)
         .ok_or(CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT)?;
-    Ok(match entry.per_thread {
+    Ok(internal_twin(match entry.per_thread {
         Some(twin) if flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM != 0 => twin,
         _ => entry.address,
-    })
+    }))
 }
 
 unsafe fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, status: *mut c_int) -> Outcome {

@@ -57,6 +57,16 @@ fn three_times_the_budget_lands_where_the_policy_says_through_each_door() {
 }
 
 #[test]
+fn a_hooked_entry_point_cu_get_proc_address_answers_at_another_address_is_still_hooked() {
+    let out = exercise(&["--door", "procaddress", "spread"], &[("FAKECUDA_PROC_INTERNAL", "1"), ("VVRAM_LOG", "warn")]);
+    let stdout = passes(&out);
+    assert!(stdout.contains("ok: 3x the local budget placed: local 64 MiB, host 128 MiB"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("substituting by name and version").count(), 1, "{stderr}");
+    assert!(stderr.contains("symbol=cuMemAlloc"), "{stderr}");
+}
+
+#[test]
 fn direct_binding_and_both_dlsym_versions_reach_the_hooks() {
     let program = build_dir().join("shim-tests/direct");
     std::fs::create_dir_all(program.parent().unwrap()).unwrap();
