@@ -809,14 +809,21 @@ impl<D: Driver> MemoryManager<D> {
         self.pool.len() as u64 * CHUNK
     }
 
-    /// Pins one more chunk into the pool if it is below target; whether it did.
-    pub fn fill_pool_step(&mut self) -> Result<bool, CUresult> {
-        if self.pool_bytes() + CHUNK > self.plan.host_pool {
-            return Ok(false);
+    /// Whether the pinned pool is below target: one more host chunk should be made (with
+    /// [`Driver::create`] at [`Location::Host`], outside any lock: pinning is slow) and
+    /// handed over with [`Self::add_to_pool`].
+    pub fn pool_wants_chunk(&self) -> bool {
+        self.pool_bytes() + CHUNK <= self.plan.host_pool
+    }
+
+    /// Takes a host chunk pinned ahead; one the pool no longer wants (the plan changed
+    /// while it was being made) is released.
+    pub fn add_to_pool(&mut self, handle: Handle) {
+        if self.pool_wants_chunk() {
+            self.pool.push(handle);
+        } else if self.driver.release(handle).is_err() {
+            self.counters.errors += 1;
         }
-        let handle = self.driver.create(CHUNK, Location::Host)?;
-        self.pool.push(handle);
-        Ok(true)
     }
 
     fn trim_pool(&mut self) {

@@ -154,8 +154,15 @@ fn small_requests_share_slabs() {
 fn host_chunks_come_from_and_return_to_the_pool() {
     let toml = "[[device]]\nindex = 0\nlocal_budget = \"2MiB\"\ndonors = [{ tier = \"host\", capacity = \"64MiB\" }]\n[host_pool]\npin_ahead = \"8MiB\"\n";
     let mut m = manager(toml);
-    while m.fill_pool_step().unwrap() {}
+    while m.pool_wants_chunk() {
+        let handle = m.driver().create(CHUNK, Location::Host).unwrap();
+        m.add_to_pool(handle);
+    }
     assert_eq!(m.pool_bytes(), 8 * MIB);
+    let physical = m.driver().physical_count();
+    let late = m.driver().create(CHUNK, Location::Host).unwrap();
+    m.add_to_pool(late);
+    assert_eq!((m.pool_bytes(), m.driver().physical_count()), (8 * MIB, physical), "a chunk the full pool does not want is released");
     let creates = m.driver().calls().creates;
     let a = m.allocate(request(10 * MIB)).unwrap();
     // One local chunk created; four host chunks taken from the pool.

@@ -389,3 +389,20 @@ pub fn free_elsewhere(s: &Session) -> Checked {
     println!("ok: cuMemFree from another GPU's context waited for the kernel using the memory");
     Ok(())
 }
+
+/// Small allocations while the background thread pins the host pool: prints the slowest
+/// one (the first, which builds the memory manager, is not counted).
+pub fn alloc_latency(s: &Session) -> Checked {
+    let first = alloc(s, 256 << 10)?;
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..40 {
+        let started = std::time::Instant::now();
+        let p = alloc(s, 256 << 10)?;
+        cu!(s.cuda, cuMemFree_v2(p))?;
+        slowest = slowest.max(started.elapsed());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    cu!(s.cuda, cuMemFree_v2(first))?;
+    println!("slowest allocation while pinning: {:.1} ms", slowest.as_secs_f64() * 1000.0);
+    Ok(())
+}
