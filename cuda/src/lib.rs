@@ -393,6 +393,7 @@ driver_api! {
     cuMemAllocAsync_ptsz: fn(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream);
     cuMemFreeAsync: fn(dptr: CUdeviceptr, stream: CUstream);
     cuMemFreeAsync_ptsz: fn(dptr: CUdeviceptr, stream: CUstream);
+    cuDeviceGetDefaultMemPool: fn(pool: *mut CUmemoryPool, device: CUdevice);
     cuMemAllocFromPoolAsync: fn(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream);
     cuMemAllocFromPoolAsync_ptsz: fn(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream);
     cuMemGetAddressRange_v2: fn(base: *mut CUdeviceptr, size: *mut usize, dptr: CUdeviceptr);

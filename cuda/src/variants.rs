@@ -86,6 +86,7 @@ variants![
     ("cuMemAllocAsync_ptsz", "cuMemAllocAsync", 11020, NEWEST),
     ("cuMemFreeAsync", "cuMemFreeAsync", 11020, NEWEST),
     ("cuMemFreeAsync_ptsz", "cuMemFreeAsync", 11020, NEWEST),
+    ("cuDeviceGetDefaultMemPool", "cuDeviceGetDefaultMemPool", 11020, NEWEST),
     ("cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync", 11020, NEWEST),
     ("cuMemAllocFromPoolAsync_ptsz", "cuMemAllocFromPoolAsync", 11020, NEWEST),
     ("cuMemGetAddressRange_v2", "cuMemGetAddressRange", 3020, NEWEST),

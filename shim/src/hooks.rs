@@ -164,17 +164,37 @@ pub unsafe extern "C" fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, size: usiz
     guard("cuMemAllocAsync_ptsz", || unsafe { allocate(dptr, size, || real_call!(cuMemAllocAsync_ptsz(dptr, size, stream))) })
 }
 
-/// Allocations from a memory pool are placed like `cuMemAllocAsync` on a managed device:
-/// the pool's own properties are not kept (see the README).
+/// Whether `pool` is the current device's default pool, whose memory is plain device
+/// memory (no host or managed location, no IPC handle types) that vvram may place. Any
+/// other pool was made by the application with properties of its own, which only the
+/// driver keeps: its allocations pass through.
+fn is_default_pool(pool: CUmemoryPool) -> bool {
+    let Ok(device) = current_device() else { return false };
+    let mut default = std::ptr::null_mut();
+    real_call!(cuDeviceGetDefaultMemPool(&mut default, device as CUdevice)) == result::SUCCESS && default == pool
+}
+
+/// Allocations from the device's default pool are placed like `cuMemAllocAsync`; those
+/// from the application's own pools pass through.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, size: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
-    guard("cuMemAllocFromPoolAsync", || unsafe { allocate(dptr, size, || real_call!(cuMemAllocFromPoolAsync(dptr, size, pool, stream))) })
+    guard("cuMemAllocFromPoolAsync", || {
+        let pass = || real_call!(cuMemAllocFromPoolAsync(dptr, size, pool, stream));
+        if !is_default_pool(pool) {
+            return pass();
+        }
+        unsafe { allocate(dptr, size, pass) }
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
-    guard("cuMemAllocFromPoolAsync_ptsz", || unsafe {
-        allocate(dptr, size, || real_call!(cuMemAllocFromPoolAsync_ptsz(dptr, size, pool, stream)))
+    guard("cuMemAllocFromPoolAsync_ptsz", || {
+        let pass = || real_call!(cuMemAllocFromPoolAsync_ptsz(dptr, size, pool, stream));
+        if !is_default_pool(pool) {
+            return pass();
+        }
+        unsafe { allocate(dptr, size, pass) }
     })
 }
 

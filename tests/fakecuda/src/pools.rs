@@ -133,3 +133,18 @@ pub unsafe extern "C" fn cuMemPoolSetAttribute(pool: CUmemoryPool, attribute: c_
 pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, _keep: usize) -> CUresult {
     entry("cuMemPoolTrimTo", true, || pool_device(pool).map(|_| ()))
 }
+
+/// `cuMemAllocFromPoolAsync` from a device's default pool (the fake has no other pools).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
+    entry("cuMemAllocFromPoolAsync", true, || {
+        stream_of(stream, false)?;
+        let device = pool_device(pool)?;
+        if dptr.is_null() {
+            return Err(result::INVALID_VALUE);
+        }
+        let address = memory::allocate(device, bytes as u64)?;
+        note_allocation(device, address, bytes as u64);
+        unsafe { out(dptr, address) }
+    })
+}

@@ -111,6 +111,7 @@ fn entries() -> &'static [Entry] {
             ("cuMemSetAccess", 10020, cuMemSetAccess),
             ("cuMemGetAllocationGranularity", 10020, cuMemGetAllocationGranularity),
             ("cuMemRetainAllocationHandle", 11000, cuMemRetainAllocationHandle),
+            ("cuMemAllocFromPoolAsync", 11020, cuMemAllocFromPoolAsync),
             ("cuIpcGetMemHandle", 4010, cuIpcGetMemHandle),
             ("cuModuleLoadData", 2000, cuModuleLoadData),
             ("cuModuleUnload", 2000, cuModuleUnload),

@@ -278,7 +278,6 @@ unsupported!(
     ("cuLogsRegisterCallback", cuLogsRegisterCallback),
     ("cuLogsUnregisterCallback", cuLogsUnregisterCallback),
     ("cuMemAdvise", cuMemAdvise_v2),
-    ("cuMemAllocFromPoolAsync", cuMemAllocFromPoolAsync),
     ("cuMemAllocHost", cuMemAllocHost_v2),
     ("cuMemAllocManaged", cuMemAllocManaged),
     ("cuMemBatchDecompressAsync", cuMemBatchDecompressAsync),

@@ -126,6 +126,12 @@ fn allocations_never_wait_for_the_background_thread_s_pinning() {
 }
 
 #[test]
+fn only_the_default_memory_pool_is_placed_other_pools_pass_through() {
+    let stdout = passes(&exercise(&["pools"], &[("FAKECUDA_DEVICES", "256MiB,256MiB")]));
+    assert!(stdout.contains("ok: the default pool is placed by vvram; another pool passes through"), "{stdout}");
+}
+
+#[test]
 fn control_api_policies_phases_and_stream_ordered_frees() {
     assert!(passes(&exercise(&["control"], &[("FAKECUDA_KERNEL_US", "300000")])).contains("ok: control API"));
 }

@@ -540,6 +540,7 @@ fn run(args: &[String]) -> Checked {
         "control" => shim::control(&s)?,
         "free-elsewhere" => shim::free_elsewhere(&s)?,
         "alloc-latency" => shim::alloc_latency(&s)?,
+        "pools" => shim::pools(&s)?,
         "engine-steps" => engine::steps(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100))?,
         "engine-patch" => engine::patch(&s)?,
         "engine-miss" => engine::miss(&s)?,
@@ -555,7 +556,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-kernel, engine-thread"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-kernel, engine-thread"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())

@@ -406,3 +406,27 @@ pub fn alloc_latency(s: &Session) -> Checked {
     println!("slowest allocation while pinning: {:.1} ms", slowest.as_secs_f64() * 1000.0);
     Ok(())
 }
+
+/// Stream-ordered allocations from memory pools: the device's default pool is placed by
+/// vvram like `cuMemAllocAsync`; another pool (here device 1's, which keeps its own
+/// properties) passes through to the driver.
+pub fn pools(s: &Session) -> Checked {
+    let control = Control::find()?;
+    let (mut own, mut other) = (std::ptr::null_mut(), std::ptr::null_mut());
+    cu!(s.cuda, cuDeviceGetDefaultMemPool(&mut own, 0))?;
+    cu!(s.cuda, cuDeviceGetDefaultMemPool(&mut other, 1))?;
+    let before = control.tier_used("local")?;
+    let (mut placed, mut passed) = (0u64, 0u64);
+    cu!(s.cuda, cuMemAllocFromPoolAsync(&mut placed, 4 * MIB as usize, own, std::ptr::null_mut()))?;
+    ensure(control.tier_used("local")? == before + 4 * MIB, || "an allocation from the default pool was not placed by vvram".into())?;
+    cu!(s.cuda, cuMemAllocFromPoolAsync(&mut passed, 4 * MIB as usize, other, std::ptr::null_mut()))?;
+    ensure(control.tier_used("local")? == before + 4 * MIB, || "an allocation from another pool was placed by vvram".into())?;
+    let mut ordinal: c_int = -1;
+    cu!(s.cuda, cuPointerGetAttribute(&mut ordinal as *mut c_int as *mut c_void, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, passed))?;
+    ensure(ordinal == 1, || format!("memory from device 1's pool is on device {ordinal}"))?;
+    cu!(s.cuda, cuMemFreeAsync(placed, std::ptr::null_mut()))?;
+    cu!(s.cuda, cuMemFreeAsync(passed, std::ptr::null_mut()))?;
+    cu!(s.cuda, cuCtxSynchronize())?;
+    println!("ok: the default pool is placed by vvram; another pool passes through with its properties");
+    Ok(())
+}
