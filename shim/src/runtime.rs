@@ -107,9 +107,11 @@ pub fn init_driver() {
     }
 }
 
+/// The shim's locks, as the forking thread holds them across `fork`.
+type ForkGuards = (MutexGuard<'static, State>, MutexGuard<'static, Option<Region>>);
+
 thread_local! {
-    /// The shim's locks, held by the forking thread across `fork`.
-    static FORK_GUARDS: std::cell::RefCell<Option<(MutexGuard<'static, State>, MutexGuard<'static, Option<Region>>)>> = const { std::cell::RefCell::new(None) };
+    static FORK_GUARDS: std::cell::RefCell<Option<ForkGuards>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Before `fork`: takes the shim's locks, so that no other thread holds one at the

@@ -154,7 +154,7 @@ fn bad_copies() -> Result<(), String> {
     let p = env.alloc(4 * MIB).map_err(|c| format!("allocation failed with {c}"))?;
     let freed = env.alloc(4 * MIB).map_err(|c| format!("allocation failed with {c}"))?;
     env.free(freed);
-    let host = vec![1u8; 64];
+    let host = [1u8; 64];
     let h2d = |dst: u64, src: *const c_void, len: usize| api.cuMemcpyHtoD_v2.map_or(result::NOT_FOUND, |f| unsafe { f(dst, src, len) });
     let h2d_async = |dst: u64, src: *const c_void, len: usize| {
         api.cuMemcpyHtoDAsync_v2.map_or(result::NOT_FOUND, |f| unsafe { f(dst, src, len, std::ptr::null_mut()) })

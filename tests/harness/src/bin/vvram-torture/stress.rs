@@ -31,6 +31,18 @@ const POLICIES: [&str; 2] = [
     "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"host\", capacity = \"128MiB\" }]\n[host_pool]\npin_ahead = \"16MiB\"\n[[rule]]\nphase = \"load\"\ntiers = [\"host\", \"local\"]\n",
 ];
 
+/// What a stress thread does next.
+enum Op {
+    Alloc,
+    Free,
+    FreeAsync,
+    Copy,
+    Query,
+    Info,
+    Phase,
+    Policy,
+}
+
 /// One thread's share: `ops` operations chosen at random, every allocation's head
 /// checked before it is freed.
 fn worker(env: &Env, control: &Control, thread: u64, ops: u64, seed: u64) -> Result<Figures, String> {
@@ -47,11 +59,26 @@ fn worker(env: &Env, control: &Control, thread: u64, ops: u64, seed: u64) -> Res
         let got = env.read(l.p, HEAD).map_err(|c| format!("thread {thread}: reading {:#x} failed with {c}", l.p))?;
         if got != head(l.tag) { Err(format!("thread {thread}: allocation {:#x} ({} bytes) lost its contents", l.p, l.size)) } else { Ok(()) }
     };
-    for op in 0..ops {
+    for _ in 0..ops {
         figures.ops += 1;
-        let choice = rng.below(100);
-        match choice {
-            0..=29 if live.len() < 8 => {
+        let op = match rng.below(100) {
+            0..=29 => Op::Alloc,
+            30..=44 => Op::Free,
+            45..=54 => Op::FreeAsync,
+            55..=74 => Op::Copy,
+            75..=89 => Op::Query,
+            90..=94 => Op::Info,
+            95..=98 => Op::Phase,
+            _ => Op::Policy,
+        };
+        // At most 8 live allocations per thread; operations on one need one.
+        let op = match op {
+            Op::Alloc if live.len() >= 8 => Op::Free,
+            Op::Free | Op::FreeAsync | Op::Copy | Op::Query if live.is_empty() => Op::Alloc,
+            op => op,
+        };
+        match op {
+            Op::Alloc => {
                 let size = if rng.below(4) == 0 { MIB + rng.below(5 * MIB) } else { HEAD as u64 + 1 + rng.below(64 << 10) };
                 let mut p = 0;
                 let code = if rng.below(4) == 0 {
@@ -70,17 +97,17 @@ fn worker(env: &Env, control: &Control, thread: u64, ops: u64, seed: u64) -> Res
                     code => return Err(format!("thread {thread}: allocating {size} bytes failed with {code}")),
                 }
             }
-            0..=44 if !live.is_empty() => {
+            Op::Free => {
                 let l = live.swap_remove(rng.below(live.len() as u64) as usize);
                 verify(&l)?;
                 check("cuMemFree", env.free(l.p))?;
             }
-            0..=54 if !live.is_empty() => {
+            Op::FreeAsync => {
                 let l = live.swap_remove(rng.below(live.len() as u64) as usize);
                 verify(&l)?;
                 check("cuMemFreeAsync", api.cuMemFreeAsync.map_or(result::NOT_FOUND, |f| unsafe { f(l.p, stream) }))?;
             }
-            0..=74 if !live.is_empty() => {
+            Op::Copy => {
                 let l = &live[rng.below(live.len() as u64) as usize];
                 let room = l.size - HEAD as u64;
                 let len = rng.below(room.min(buffer.len() as u64)) + 1;
@@ -88,7 +115,7 @@ fn worker(env: &Env, control: &Control, thread: u64, ops: u64, seed: u64) -> Res
                 check("cuMemcpyHtoD", env.write(l.p + offset, &buffer[..len as usize]))?;
                 figures.copied += len;
             }
-            0..=89 if !live.is_empty() => {
+            Op::Query => {
                 let l = &live[rng.below(live.len() as u64) as usize];
                 let mut size = 0usize;
                 let inside = l.p + rng.below(l.size);
@@ -101,25 +128,24 @@ fn worker(env: &Env, control: &Control, thread: u64, ops: u64, seed: u64) -> Res
                     return Err(format!("thread {thread}: pointer queries on {:#x} gave size {size}, range {base:#x}+{range}; expected {} bytes", l.p, l.size));
                 }
             }
-            0..=94 => {
+            Op::Info => {
                 let (mut free, mut total) = (0usize, 0usize);
                 check("cuMemGetInfo", api.cuMemGetInfo_v2.map_or(result::NOT_FOUND, |f| unsafe { f(&mut free, &mut total) }))?;
                 if free > total {
                     return Err(format!("thread {thread}: cuMemGetInfo free {free} > total {total}"));
                 }
             }
-            0..=98 => {
+            Op::Phase => {
                 let phase = if rng.below(2) == 0 { Some("load") } else { None };
                 if control.phase(phase) != 0 {
                     return Err(format!("thread {thread}: vvram_set_phase({phase:?}) failed"));
                 }
             }
-            _ if op % 7 == 0 => {
+            Op::Policy => {
                 if control.policy(POLICIES[rng.below(2) as usize]) != 0 {
                     return Err(format!("thread {thread}: vvram_set_policy_toml refused a valid policy"));
                 }
             }
-            _ => {}
         }
     }
     for l in live.drain(..) {
