@@ -2,7 +2,8 @@
 //! a real GPU (the driver compiles the PTX) and on the fake driver, which
 //! recognises the entry names and runs its built-in versions.
 
-/// A module with `fill_f32`, `scale_f32`, `sum_f32`, `copy` and `struct_copy`
+/// A module with `fill_f32`, `scale_f32`, `sum_f32`, `copy`, `struct_copy`, `weight_sum` and
+/// `packed_sum`
 /// (parameter layouts in tests/fakecuda/src/kernels.rs), NUL-terminated.
 pub const MODULE: &str = concat!(
     ".version 7.0\n.target sm_70\n.address_size 64\n\n",
@@ -51,7 +52,38 @@ pub const MODULE: &str = concat!(
     "  mul.wide.u32 %rd3, %r1, %r2;\n  cvt.u64.u32 %rd4, %r3;\n  add.u64 %rd3, %rd3, %rd4;\n  mul.wide.u32 %rd5, %r4, %r2;\n",
     "SC_LOOP:\n  setp.ge.u64 %p1, %rd3, %rd2;\n  @%p1 bra SC_DONE;\n",
     "  shl.b64 %rd6, %rd3, 2;\n  add.u64 %rd7, %rd8, %rd6;\n  ld.global.f32 %f1, [%rd7];\n  add.u64 %rd9, %rd1, %rd6;\n  st.global.f32 [%rd9], %f1;\n",
-    "  add.u64 %rd3, %rd3, %rd5;\n  bra SC_LOOP;\nSC_DONE:\n  ret;\n}\n\0",
+    "  add.u64 %rd3, %rd3, %rd5;\n  bra SC_LOOP;\nSC_DONE:\n  ret;\n}\n\n",
+    // *out += sum(w[0..n]), taking at least ns nanoseconds: a GEMM-shaped stand-in whose
+    // run time is a parameter (the fake driver's timing model reads it).
+    ".visible .entry weight_sum(.param .u64 ws_w, .param .u64 ws_n, .param .u64 ws_out, .param .u64 ws_ns)\n{\n",
+    "  .reg .pred %p<3>;\n  .reg .f32 %f<4>;\n  .reg .b32 %r<5>;\n  .reg .b64 %rd<12>;\n",
+    "  ld.param.u64 %rd1, [ws_w];\n  ld.param.u64 %rd2, [ws_n];\n  ld.param.u64 %rd8, [ws_out];\n  ld.param.u64 %rd9, [ws_ns];\n",
+    "  mov.u64 %rd10, %globaltimer;\n  add.u64 %rd10, %rd10, %rd9;\n",
+    "  mov.u32 %r1, %ctaid.x;\n  mov.u32 %r2, %ntid.x;\n  mov.u32 %r3, %tid.x;\n  mov.u32 %r4, %nctaid.x;\n",
+    "  mul.wide.u32 %rd3, %r1, %r2;\n  cvt.u64.u32 %rd4, %r3;\n  add.u64 %rd3, %rd3, %rd4;\n  mul.wide.u32 %rd5, %r4, %r2;\n",
+    "  mov.f32 %f1, 0f00000000;\n",
+    "WS_LOOP:\n  setp.ge.u64 %p1, %rd3, %rd2;\n  @%p1 bra WS_DONE;\n",
+    "  shl.b64 %rd6, %rd3, 2;\n  add.u64 %rd7, %rd1, %rd6;\n  ld.global.f32 %f2, [%rd7];\n  add.f32 %f1, %f1, %f2;\n",
+    "  add.u64 %rd3, %rd3, %rd5;\n  bra WS_LOOP;\nWS_DONE:\n  atom.global.add.f32 %f3, [%rd8], %f1;\n",
+    "WS_WAIT:\n  mov.u64 %rd11, %globaltimer;\n  setp.lt.u64 %p2, %rd11, %rd10;\n  @%p2 bra WS_WAIT;\n  ret;\n}\n\n",
+    // *out += the sums of n floats through five pointers of one 1720-byte parameter (at
+    // offsets 0, 200, 512, 1000, 1712; n at 8, out at 16): cuBLAS passes a GEMM's weight
+    // this way, in a packed buffer, several times.
+    ".visible .entry packed_sum(.param .align 8 .b8 ps_args[1720])\n{\n",
+    "  .reg .pred %p<2>;\n  .reg .f32 %f<4>;\n  .reg .b32 %r<5>;\n  .reg .b64 %rd<20>;\n",
+    "  ld.param.u64 %rd10, [ps_args];\n  ld.param.u64 %rd11, [ps_args+200];\n  ld.param.u64 %rd12, [ps_args+512];\n",
+    "  ld.param.u64 %rd13, [ps_args+1000];\n  ld.param.u64 %rd14, [ps_args+1712];\n",
+    "  ld.param.u64 %rd2, [ps_args+8];\n  ld.param.u64 %rd8, [ps_args+16];\n",
+    "  mov.u32 %r1, %ctaid.x;\n  mov.u32 %r2, %ntid.x;\n  mov.u32 %r3, %tid.x;\n  mov.u32 %r4, %nctaid.x;\n",
+    "  mul.wide.u32 %rd3, %r1, %r2;\n  cvt.u64.u32 %rd4, %r3;\n  add.u64 %rd3, %rd3, %rd4;\n  mul.wide.u32 %rd5, %r4, %r2;\n",
+    "  mov.f32 %f1, 0f00000000;\n",
+    "PS_LOOP:\n  setp.ge.u64 %p1, %rd3, %rd2;\n  @%p1 bra PS_DONE;\n  shl.b64 %rd6, %rd3, 2;\n",
+    "  add.u64 %rd7, %rd10, %rd6;\n  ld.global.f32 %f2, [%rd7];\n  add.f32 %f1, %f1, %f2;\n",
+    "  add.u64 %rd7, %rd11, %rd6;\n  ld.global.f32 %f2, [%rd7];\n  add.f32 %f1, %f1, %f2;\n",
+    "  add.u64 %rd7, %rd12, %rd6;\n  ld.global.f32 %f2, [%rd7];\n  add.f32 %f1, %f1, %f2;\n",
+    "  add.u64 %rd7, %rd13, %rd6;\n  ld.global.f32 %f2, [%rd7];\n  add.f32 %f1, %f1, %f2;\n",
+    "  add.u64 %rd7, %rd14, %rd6;\n  ld.global.f32 %f2, [%rd7];\n  add.f32 %f1, %f1, %f2;\n",
+    "  add.u64 %rd3, %rd3, %rd5;\n  bra PS_LOOP;\nPS_DONE:\n  atom.global.add.f32 %f3, [%rd8], %f1;\n  ret;\n}\n\0",
 );
 
 /// Every PTX text the repository carries, by name, NUL-terminated: CI assembles each

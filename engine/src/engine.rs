@@ -207,12 +207,8 @@ impl<T: Transfers> Engine<T> {
     /// ones forgotten (their slots stay occupied until displaced, so their last users'
     /// events are still waited for).
     pub fn sync_extents(&mut self, live: &[(u64, u64, Source)]) {
-        let gone: Vec<u64> = self
-            .extents
-            .iter()
-            .filter(|(base, e)| !live.iter().any(|(b, l, _)| b == *base && *l == e.len))
-            .map(|(base, _)| *base)
-            .collect();
+        let wanted: HashMap<u64, u64> = live.iter().map(|&(base, len, _)| (base, len)).collect();
+        let gone: Vec<u64> = self.extents.iter().filter(|(base, e)| wanted.get(base) != Some(&e.len)).map(|(base, _)| *base).collect();
         for base in gone {
             if let Some(extent) = self.extents.remove(&base) {
                 self.by_id.remove(&extent.id);

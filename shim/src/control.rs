@@ -131,6 +131,7 @@ pub fn snapshot() -> Snapshot {
         })
         .unwrap_or_default();
     let counters = manager.map(|m| m.counters()).unwrap_or_default();
+    let donor_bytes = manager.map_or(0, |m| m.plan().devices.iter().flat_map(|d| m.donor_extents(d.index)).map(|(_, size, _)| size).sum());
     Snapshot {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -146,7 +147,7 @@ pub fn snapshot() -> Snapshot {
         out_of_memory: counters.out_of_memory,
         fast_h2d_bytes: counters.fast_h2d_bytes,
         errors: counters.errors + HOOK_ERRORS.load(Ordering::Relaxed),
-        engine: crate::staging::snapshot(),
+        engine: vvram_stats::EngineSnapshot { donor_bytes, ..crate::staging::snapshot() },
     }
 }
 

@@ -51,6 +51,9 @@ pub struct DeviceSnapshot {
 pub struct EngineSnapshot {
     /// Compute devices with a running engine.
     pub engines: u64,
+    /// Bytes of live allocations with memory off their compute device (what the engine
+    /// stages; counted with or without streaming).
+    pub donor_bytes: u64,
     /// Kernel launches seen while an engine runs.
     pub launches_seen: u64,
     /// Launches whose parameters could not be scanned (no parameter layout).

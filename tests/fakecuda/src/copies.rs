@@ -62,8 +62,13 @@ fn copy(dst: (Side, u64), src: (Side, u64), bytes: usize, stream: CUstream, per_
     if !dst.0.accepts(dst.1, bytes) || !src.0.accepts(src.1, bytes) {
         return Err(result::INVALID_VALUE);
     }
+    let cost = timing::copy_cost(dst.1, src.1, bytes as u64);
     let (dst, src) = (dst.0.view(dst.1), src.0.view(src.1));
-    submit(&stream_of(stream, per_thread)?, wait, copy_bytes(dst, src, bytes));
+    let work = copy_bytes(dst, src, bytes);
+    match cost {
+        Some(cost) => submit(&stream_of(stream, per_thread)?, wait, move || timing::run(cost, work)),
+        None => submit(&stream_of(stream, per_thread)?, wait, work),
+    }
     Ok(())
 }
 

@@ -10,6 +10,8 @@
 //! | `sum_f32` | 0: `const float*` input, 8: `float*` out (adds the sum to `*out`), 16: `u64` n |
 //! | `copy` | 0: `void*` dst, 8: `const void*` src, 16: `u64` bytes |
 //! | `struct_copy` | 0: `struct { const float* src; float* dst; u64 n; }` (24 bytes, pointers embedded) |
+//! | `weight_sum` | 0: `const float*` w, 8: `u64` n, 16: `float*` out (adds the sum), 24: `u64` run time in ns |
+//! | `packed_sum` | 0: a 1720-byte struct: `const float*` at 0, 200, 512, 1000 and 1712, `u64` n at 8, `float*` out at 16 |
 
 /// A built-in kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +26,18 @@ pub enum Kernel {
     Copy,
     /// `dst[i] = src[i]` for i < n, all three in one struct parameter.
     StructCopy,
+    /// `*out += sum(w[0..n])`, lasting a given time (a GEMM's stand-in for the timing model).
+    WeightSum,
+    /// `*out += ` the sums of `n` floats through five pointers of one packed parameter.
+    PackedSum,
 }
 
+/// Where `packed_sum` finds its five pointers.
+pub const PACKED_POINTERS: [usize; 5] = [0, 200, 512, 1000, 1712];
+
 /// Every built-in kernel.
-pub const ALL: [Kernel; 5] = [Kernel::FillF32, Kernel::ScaleF32, Kernel::SumF32, Kernel::Copy, Kernel::StructCopy];
+pub const ALL: [Kernel; 7] =
+    [Kernel::FillF32, Kernel::ScaleF32, Kernel::SumF32, Kernel::Copy, Kernel::StructCopy, Kernel::WeightSum, Kernel::PackedSum];
 
 impl Kernel {
     /// The entry name.
@@ -38,6 +48,8 @@ impl Kernel {
             Kernel::SumF32 => "sum_f32",
             Kernel::Copy => "copy",
             Kernel::StructCopy => "struct_copy",
+            Kernel::WeightSum => "weight_sum",
+            Kernel::PackedSum => "packed_sum",
         }
     }
 
@@ -50,6 +62,8 @@ impl Kernel {
     pub fn params(self) -> &'static [(usize, usize)] {
         match self {
             Kernel::StructCopy => &[(0, 24)],
+            Kernel::WeightSum => &[(0, 8), (8, 8), (16, 8), (24, 8)],
+            Kernel::PackedSum => &[(0, 1720)],
             Kernel::FillF32 | Kernel::ScaleF32 => &[(0, 8), (8, 4), (16, 8)],
             Kernel::SumF32 | Kernel::Copy => &[(0, 8), (8, 8), (16, 8)],
         }
@@ -61,6 +75,18 @@ impl Kernel {
         match self {
             Kernel::FillF32 | Kernel::ScaleF32 => &[0],
             Kernel::SumF32 | Kernel::Copy | Kernel::StructCopy => &[0, 8],
+            Kernel::WeightSum => &[0, 16],
+            Kernel::PackedSum => &[0, 200, 512, 1000, 1712, 16],
+        }
+    }
+
+    /// The weight operand and run time of a kernel that has them (`weight_sum`): its
+    /// address, its bytes and the run time in nanoseconds, from the packed parameters.
+    pub fn weight_operand(self, params: &[u8]) -> Option<(u64, u64, u64)> {
+        let word = |offset: usize| params.get(offset..offset + 8).map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+        match self {
+            Kernel::WeightSum => Some((word(0)?, word(8)?.saturating_mul(4), word(24)?)),
+            _ => None,
         }
     }
 
@@ -110,6 +136,20 @@ impl Kernel {
                     for i in 0..word(16) as usize {
                         dst.add(i).write_volatile(src.add(i).read_volatile());
                     }
+                }
+                Kernel::WeightSum => {
+                    let (w, out) = (word(0) as *const f32, word(16) as *mut f32);
+                    let sum: f64 = std::slice::from_raw_parts(w, word(8) as usize).iter().map(|v| *v as f64).sum();
+                    out.write_volatile(out.read_volatile() + sum as f32);
+                }
+                Kernel::PackedSum => {
+                    let out = word(16) as *mut f32;
+                    let mut sum = 0.0f64;
+                    for offset in PACKED_POINTERS {
+                        let p = word(offset) as *const f32;
+                        sum += std::slice::from_raw_parts(p, word(8) as usize).iter().map(|v| *v as f64).sum::<f64>();
+                    }
+                    out.write_volatile(out.read_volatile() + sum as f32);
                 }
             }
         }

@@ -29,6 +29,7 @@ mod pools;
 mod procaddress;
 mod stream;
 mod stream_info;
+mod timing;
 mod streams;
 mod unsupported;
 mod vmm;

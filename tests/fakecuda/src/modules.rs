@@ -165,18 +165,15 @@ unsafe fn launch(function: CUfunction, stream: CUstream, per_thread: bool, param
     current_device()?;
     let (kernel, _) = kernel_of(function)?;
     let mut packed = unsafe { pack_params(kernel, params, extra)? };
+    let time = timing::kernel_time(kernel, &packed, config().kernel_us);
     // The kernel reaches memory as a GPU does: through the device view only.
     for &offset in kernel.pointer_offsets() {
         let word = u64::from_ne_bytes(packed[offset..offset + 8].try_into().map_err(|_| result::UNKNOWN)?);
         packed[offset..offset + 8].copy_from_slice(&memory::device_view(word).to_ne_bytes());
     }
-    let delay = config().kernel_us;
     submit(&stream_of(stream, per_thread)?, false, move || {
-        if delay > 0 {
-            std::thread::sleep(std::time::Duration::from_micros(delay));
-        }
         // SAFETY: the kernel's addresses are device views; a bad one faults, as on a GPU.
-        unsafe { kernel.run(&packed) };
+        timing::run(timing::Cost { lane: timing::Lane::Compute, time }, || unsafe { kernel.run(&packed) });
     });
     Ok(())
 }
@@ -200,6 +197,26 @@ macro_rules! launch_entry {
 
 launch_entry!(cuLaunchKernel, false);
 launch_entry!(cuLaunchKernel_ptsz, true);
+
+macro_rules! launch_cooperative_entry {
+    ($name:ident, $per_thread:expr) => {
+        /// A cooperative launch: the built-in kernels run as any launch (`kernelParams` only).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            function: CUfunction,
+            _gx: c_uint, _gy: c_uint, _gz: c_uint,
+            _bx: c_uint, _by: c_uint, _bz: c_uint,
+            _shared: c_uint,
+            stream: CUstream,
+            params: *mut *mut c_void,
+        ) -> CUresult {
+            entry(stringify!($name), true, || unsafe { launch(function, stream, $per_thread, params, std::ptr::null_mut()) })
+        }
+    };
+}
+
+launch_cooperative_entry!(cuLaunchCooperativeKernel, false);
+launch_cooperative_entry!(cuLaunchCooperativeKernel_ptsz, true);
 
 macro_rules! launch_ex_entry {
     ($name:ident, $per_thread:expr) => {

@@ -121,6 +121,7 @@ fn entries() -> &'static [Entry] {
             ("cuFuncGetParamInfo", 12040, cuFuncGetParamInfo),
             ("cuKernelGetParamInfo", 12040, cuKernelGetParamInfo),
             ("cuLaunchKernel", 4000, cuLaunchKernel, cuLaunchKernel_ptsz),
+            ("cuLaunchCooperativeKernel", 9000, cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz),
             ("cuLaunchKernelEx", 11060, cuLaunchKernelEx, cuLaunchKernelEx_ptsz),
             ("cuGetProcAddress", 11030, cuGetProcAddress),
             ("cuGetProcAddress", 12000, cuGetProcAddress_v2),

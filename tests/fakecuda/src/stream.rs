@@ -12,6 +12,8 @@ struct Job {
     seq: u64,
     waits: Vec<(Arc<Stream>, u64)>,
     work: Work,
+    /// The timing model's host clock when the work was issued.
+    issued: f64,
 }
 
 #[derive(Default)]
@@ -30,6 +32,8 @@ pub struct Stream {
     pub blocking: bool,
     /// The device (context) the stream belongs to.
     pub device: usize,
+    /// The timing model's clock: when each recent piece of work finished.
+    clock: Mutex<crate::timing::StreamClock>,
 }
 
 impl Stream {
@@ -41,6 +45,7 @@ impl Stream {
             work_done: Condvar::new(),
             blocking,
             device,
+            clock: Mutex::new(crate::timing::StreamClock::default()),
         });
         let weak = Arc::downgrade(&stream);
         std::thread::Builder::new()
@@ -58,7 +63,7 @@ impl Stream {
         let mut progress = self.progress.lock().unwrap();
         progress.submitted += 1;
         let seq = progress.submitted;
-        progress.queue.push_back(Job { seq, waits, work });
+        progress.queue.push_back(Job { seq, waits, work, issued: crate::timing::host_clock() });
         self.work_ready.notify_one();
         seq
     }
@@ -73,12 +78,24 @@ impl Stream {
         self.progress.lock().unwrap().completed >= seq
     }
 
-    /// Blocks until work `seq` has completed.
+    /// Blocks the application's thread until work `seq` has completed (the timing
+    /// model's host clock moves on to when it finished).
     pub fn wait_for(&self, seq: u64) {
+        self.wait_done(seq);
+        crate::timing::host_waited(self.finished_at(seq));
+    }
+
+    /// Blocks until work `seq` has completed.
+    fn wait_done(&self, seq: u64) {
         let mut progress = self.progress.lock().unwrap();
         while progress.completed < seq {
             progress = self.work_done.wait(progress).unwrap();
         }
+    }
+
+    /// The timing model's time at which work `seq` finished (0 when unknown).
+    pub fn finished_at(&self, seq: u64) -> f64 {
+        self.clock.lock().unwrap().at(seq)
     }
 
     /// Blocks until everything queued so far has completed.
@@ -109,10 +126,13 @@ fn worker(stream: Weak<Stream>) {
             }
         };
         let Some(job) = job else { return };
+        let mut ready = job.issued.max(strong.finished_at(job.seq - 1));
         for (other, seq) in &job.waits {
-            other.wait_for(*seq);
+            other.wait_done(*seq);
+            ready = ready.max(other.finished_at(*seq));
         }
-        (job.work)();
+        let finished = crate::timing::run_job(ready, job.work);
+        strong.clock.lock().unwrap().set(job.seq, finished);
         let mut progress = strong.progress.lock().unwrap();
         progress.completed = job.seq;
         strong.work_done.notify_all();
@@ -245,7 +265,7 @@ impl Event {
             Box::new(move || {
                 let mut state = event.state.lock().unwrap();
                 if state.record_count == generation {
-                    state.passed_at = Some(Instant::now());
+                    state.passed_at = Some(crate::timing::now());
                 }
             }),
         );

@@ -247,7 +247,6 @@ unsupported!(
     ("cuKernelSetAttribute", cuKernelSetAttribute),
     ("cuKernelSetCacheConfig", cuKernelSetCacheConfig),
     ("cuLaunch", cuLaunch),
-    ("cuLaunchCooperativeKernel", cuLaunchCooperativeKernel),
     ("cuLaunchCooperativeKernelMultiDevice", cuLaunchCooperativeKernelMultiDevice),
     ("cuLaunchGrid", cuLaunchGrid),
     ("cuLaunchGridAsync", cuLaunchGridAsync),

@@ -51,9 +51,9 @@ fn a_forced_miss_stays_correct_and_is_counted() {
 }
 
 #[test]
-fn struct_parameters_library_kernels_and_second_threads_are_translated() {
+fn struct_parameters_extra_buffers_cooperative_and_library_kernels_and_second_threads_are_translated() {
     let policy = POLICY.replace("4KiB", "1MiB");
-    for scenario in ["engine-struct", "engine-kernel", "engine-thread"] {
+    for scenario in ["engine-struct", "engine-extra", "engine-cooperative", "engine-kernel", "engine-thread"] {
         let (stdout, stats) = passes(&exercise(&[scenario], &policy, &[]));
         assert!(stdout.contains("translated to the staged copy"), "{scenario}: {stdout}");
         assert_eq!(stats["errors"], 0, "{scenario}: {stats}");

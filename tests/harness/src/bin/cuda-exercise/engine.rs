@@ -173,7 +173,8 @@ fn reads_the_copy(s: &Session, what: &str, launch: impl Fn(u64, u64, usize) -> C
     launch(w, out, N)?;
     synchronize(s)?;
     let got = s.read_f32(out, N)?;
-    ensure(got.iter().all(|v| *v == 1.0) || got[0] == N as f32, || format!("{what}: read {} (the original's values are 7)", got[0]))?;
+    // Copies read 1.0 per element, sums 1.0 per element and pointer (`packed_sum` has five).
+    ensure(got.iter().all(|v| *v == 1.0) || got[0] == N as f32 || got[0] == 5.0 * N as f32, || format!("{what}: read {} (the original's values are 7)", got[0]))?;
     let now = engine_stat(&control, "translated_launches")?;
     ensure(now == translated + 2, || format!("{what}: {} launches translated, expected 2", now - translated))?;
     println!("ok: {what}: translated to the staged copy");
@@ -185,6 +186,30 @@ pub fn struct_param(s: &Session) -> Checked {
     reads_the_copy(s, "struct parameter", |w, out, n| {
         let mut args: Vec<u8> = [w, out, n as u64].iter().flat_map(|v| v.to_ne_bytes()).collect();
         s.launch("struct_copy", std::ptr::null_mut(), &mut [&mut args], n)
+    })
+}
+
+/// A 1720-byte packed `extra` buffer (how cuBLAS launches its GEMMs) with the weight's
+/// address at five offsets is translated at all five (`packed_sum` reads through each).
+pub fn extra_buffer(s: &Session) -> Checked {
+    let function = s.function("packed_sum");
+    reads_the_copy(s, "1720-byte extra buffer, five offsets", |w, out, n| {
+        let mut buffer = vec![0u8; 1720];
+        for offset in [0, 200, 512, 1000, 1712] {
+            buffer[offset..offset + 8].copy_from_slice(&w.to_ne_bytes());
+        }
+        buffer[8..16].copy_from_slice(&(n as u64).to_ne_bytes());
+        buffer[16..24].copy_from_slice(&out.to_ne_bytes());
+        let mut size = buffer.len();
+        let mut extra = [
+            CU_LAUNCH_PARAM_BUFFER_POINTER as *mut c_void,
+            buffer.as_mut_ptr() as *mut c_void,
+            CU_LAUNCH_PARAM_BUFFER_SIZE as *mut c_void,
+            &mut size as *mut usize as *mut c_void,
+            CU_LAUNCH_PARAM_END as *mut c_void,
+        ];
+        cu!(s.cuda, cuLaunchKernel(function, 2, 1, 1, 256, 1, 1, 0, std::ptr::null_mut(), std::ptr::null_mut(), extra.as_mut_ptr()))?;
+        Ok(())
     })
 }
 
@@ -200,6 +225,16 @@ pub fn library_kernel(s: &Session) -> Checked {
         let (mut input, mut output, mut count) = (w, out, n as u64);
         let mut params = [&mut input as *mut u64 as *mut c_void, &mut output as *mut u64 as *mut c_void, &mut count as *mut u64 as *mut c_void];
         cu!(s.cuda, cuLaunchKernel(kernel, 2, 1, 1, 256, 1, 1, 0, std::ptr::null_mut(), params.as_mut_ptr(), std::ptr::null_mut()))?;
+        Ok(())
+    })
+}
+
+/// A cooperative launch is translated.
+pub fn cooperative(s: &Session) -> Checked {
+    reads_the_copy(s, "cooperative launch", |w, out, n| {
+        let (mut input, mut output, mut count) = (w, out, n as u64);
+        let mut params = [&mut input as *mut u64 as *mut c_void, &mut output as *mut u64 as *mut c_void, &mut count as *mut u64 as *mut c_void];
+        cu!(s.cuda, cuLaunchCooperativeKernel(s.function("sum_f32"), 2, 1, 1, 256, 1, 1, 0, std::ptr::null_mut(), params.as_mut_ptr()))?;
         Ok(())
     })
 }

@@ -55,7 +55,7 @@ impl Session {
         let mut module = std::ptr::null_mut();
         cu!(cuda, cuModuleLoadData(&mut module, ptx::MODULE.as_ptr() as *const c_void))?;
         let mut functions = Vec::new();
-        for name in ["fill_f32", "scale_f32", "sum_f32", "copy", "struct_copy"] {
+        for name in ["fill_f32", "scale_f32", "sum_f32", "copy", "struct_copy", "weight_sum", "packed_sum"] {
             let mut function = std::ptr::null_mut();
             let cname = CString::new(name).unwrap();
             cu!(cuda, cuModuleGetFunction(&mut function, module, cname.as_ptr()))?;
@@ -546,6 +546,8 @@ fn run(args: &[String]) -> Checked {
         "engine-miss" => engine::miss(&s)?,
         "engine-struct" => engine::struct_param(&s)?,
         "engine-kernel" => engine::library_kernel(&s)?,
+        "engine-extra" => engine::extra_buffer(&s)?,
+        "engine-cooperative" => engine::cooperative(&s)?,
         "engine-thread" => engine::second_thread(&s)?,
         "create-calls" => create_calls(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(4))?,
         "all" => {
@@ -556,7 +558,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-kernel, engine-thread"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-kernel, engine-thread"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# benches/sim: the FLUX-shaped step on the fake driver's timing model (no GPU needed).
+# Runs flux-sim in four variants — all local (C), zero-copy (vvram, streaming off), the
+# hand-written per-block offload baseline, the migration engine (vvram, streaming on) —
+# at budgets leaving 1/6, 1/2 and 5/6 of the weights on the host, and prints each step
+# time, then one line per budget with each variant's ratio to max(C, W_host / B):
+#   sim host=<fraction> engine=<r> baseline=<r> zero_copy=<r>
+# Ratios use the mean of steps 2-8 (step 1 loads the cache and teaches the predictor).
+# Moving the whole model takes 2.5x a step's compute, as FLUX.1-dev on an H100. Times
+# are the fake driver's virtual clock (tests/fakecuda/src/timing.rs): exact, independent
+# of the machine's load. The engine runs with a local cache of 1/6 of the model (the
+# final lines) and of 1/12 (FLUX's 2 GiB default share, lines marked cache=1/12): the
+# cache must hold what the link can move while the step computes on weights that are
+# already local, or the link idles then.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --quiet --locked -p vvram-sim -p vvram-shim -p fakecuda
+target=target/debug
+lib=$target/sim-fakecuda
+mkdir -p "$lib"
+ln -sf "$PWD/$target/libfakecuda.so" "$lib/libcuda.so.1"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+read -r model_bytes step_ns < <("$target/flux-sim" info)
+# B such that moving the whole model takes 2.5 steps of compute.
+link_gbps=$(python3 -c "print($model_bytes / (2.5 * $step_ns))")
+cache_bytes() { python3 -c "print(int($model_bytes / $1) // 4096 * 4096)"; }
+export LD_LIBRARY_PATH="$PWD/$lib" FAKECUDA_DEVICES=1GiB FAKECUDA_LINK_GBPS="$link_gbps"
+unset LD_PRELOAD VVRAM_POLICY VVRAM_ALLOC FAKECUDA_KERNEL_US
+echo "model $((model_bytes >> 20)) MiB, compute per step $((step_ns / 1000000)) ms, link $link_gbps GB/s, zero-copy re-read ${FAKECUDA_ZERO_COPY_REREAD:-8}x"
+
+policy() { # host_fraction streaming cache_bytes
+    python3 - "$1" "$2" "$model_bytes" "${3:-0}" <<'PY'
+import sys
+fraction, streaming, model, cache = float(sys.argv[1]), sys.argv[2] == "on", int(sys.argv[3]), int(sys.argv[4])
+chunk = 2 << 20
+local = -(-int((1 - fraction) * model) // chunk) * chunk + chunk + (cache if streaming else 0)
+print(f'[[device]]\nindex = 0\nlocal_budget = {local}\ndonors = [{{ tier = "host", capacity = "512MiB" }}]')
+if streaming:
+    print(f'[streaming]\nenabled = true\nlocal_cache = {cache}')
+PY
+}
+
+run() { # variant fraction [policy-file]: writes $work/VARIANT-FRACTION.txt, prints the steps
+    local out="$work/$1-$2.txt"
+    if [ $# -ge 3 ]; then
+        LD_PRELOAD="$PWD/$target/libvvram.so" VVRAM_POLICY="$3" "$target/flux-sim" "$1" "$2" > "$out"
+    else
+        "$target/flux-sim" "$1" "$2" > "$out"
+    fi
+    echo "$1 host=$2: steps $(grep '^step' "$out" | awk '{printf "%s ", $3}')ms; $(grep -v '^step\|^checksum' "$out" | tr '\n' ' ')"
+}
+
+run local 0
+for fraction in 0.1667 0.5 0.8333; do
+    policy "$fraction" off > "$work/zero-copy-$fraction.toml"
+    run baseline "$fraction"
+    run zero-copy "$fraction" "$work/zero-copy-$fraction.toml"
+    for share in 12 6; do
+        policy "$fraction" on "$(cache_bytes $share)" > "$work/engine$share-$fraction.toml"
+        run "engine" "$fraction" "$work/engine$share-$fraction.toml"
+        mv "$work/engine-$fraction.txt" "$work/engine$share-$fraction.txt"
+    done
+done
+python3 - "$work" "$link_gbps" <<'PY'
+import glob, os, sys
+work, link = sys.argv[1], float(sys.argv[2]) * 1e9
+def read(path):
+    steps, info = [], {}
+    for line in open(path):
+        parts = line.split()
+        if parts[0] == "step":
+            steps.append(float(parts[2]) / 1000)
+        else:
+            info[parts[0]] = parts[1]
+    return steps, info
+local_steps, local_info = read(os.path.join(work, "local-0.txt"))
+compute = sum(local_steps[1:]) / len(local_steps[1:])
+failed = False
+def ratio(name, fraction):
+    global failed
+    steps, info = read(os.path.join(work, f"{name}-{fraction}.txt"))
+    if info["checksum"] != local_info["checksum"]:
+        print(f"sim: {name} at host={fraction}: outputs differ from the all-local run ({info['checksum']} vs {local_info['checksum']})")
+        failed = True
+    bound = max(compute, int(info["host_bytes"]) / link)
+    return sum(steps[1:]) / len(steps[1:]) / bound
+fractions = ["0.1667", "0.5", "0.8333"]
+print(f"C = {compute * 1000:.1f} ms; bound = max(C, W_host / B), W_host = weights vvram (or the baseline) placed on the host")
+for fraction in fractions:
+    print(f"sim cache=1/12 host={float(fraction):.3f} engine={ratio('engine12', fraction):.3f}")
+for fraction in fractions:
+    print(f"sim host={float(fraction):.3f} engine={ratio('engine6', fraction):.3f} baseline={ratio('baseline', fraction):.3f} zero_copy={ratio('zero-copy', fraction):.3f}")
+sys.exit(1 if failed else 0)
+PY
