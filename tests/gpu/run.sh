@@ -26,6 +26,17 @@ if [ -f "$bin/libvvram.so" ]; then
   for scenario in spread h2d app-vmm; do
     check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$exact" "$bin/cuda-exercise" "$scenario"
   done
+  streaming=$(mktemp --suffix=.toml)
+  printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "16GiB" }]\n[[rule]]\nphase = "load"\ntiers = ["host"]\n[streaming]\nenabled = true\nlocal_cache = "4KiB"\n' > "$streaming"
+  section "engine: translated launches on the real driver (a 4 KiB cache: six weights cycle through it)"
+  check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$streaming" "$bin/cuda-exercise" engine-steps 1000
+  for scenario in engine-patch engine-miss; do
+    check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$streaming" "$bin/cuda-exercise" "$scenario"
+  done
+  sed -i 's/4KiB/1MiB/' "$streaming"
+  for scenario in engine-struct engine-extra engine-cooperative engine-kernel engine-thread; do
+    check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$streaming" "$bin/cuda-exercise" "$scenario"
+  done
   policy=$(mktemp --suffix=.toml)
   printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "32GiB" }]\n' > "$policy"
   section "shim: ComfyUI package preset through the node class"
