@@ -35,6 +35,8 @@ pub type CUfunction = *mut c_void;
 pub type CUlibrary = *mut c_void;
 /// `CUkernel` (launchable through `cuLaunchKernel` as a `CUfunction`).
 pub type CUkernel = *mut c_void;
+/// `CUgraph`.
+pub type CUgraph = *mut c_void;
 /// `CUgraphExec`.
 pub type CUgraphExec = *mut c_void;
 /// `CUmemoryPool`.
@@ -71,6 +73,8 @@ pub mod result {
     pub const NOT_MAPPED: CUresult = 211;
     /// `CUDA_ERROR_PEER_ACCESS_UNSUPPORTED`.
     pub const PEER_ACCESS_UNSUPPORTED: CUresult = 217;
+    /// `CUDA_ERROR_ILLEGAL_STATE`.
+    pub const ILLEGAL_STATE: CUresult = 401;
     /// `CUDA_ERROR_INVALID_HANDLE`.
     pub const INVALID_HANDLE: CUresult = 400;
     /// `CUDA_ERROR_NOT_FOUND`.
@@ -89,6 +93,8 @@ pub mod result {
     pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = 900;
     /// `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`: the capture was broken by an earlier error.
     pub const STREAM_CAPTURE_INVALIDATED: CUresult = 901;
+    /// `CUDA_ERROR_STREAM_CAPTURE_IMPLICIT`: the legacy stream would wait for a capture.
+    pub const STREAM_CAPTURE_IMPLICIT: CUresult = 906;
     /// `CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD`: capture ended from another thread.
     pub const STREAM_CAPTURE_WRONG_THREAD: CUresult = 908;
     /// `CUDA_ERROR_CAPTURED_EVENT`: not allowed on an event recorded in a capture.
@@ -112,6 +118,7 @@ pub mod result {
             NOT_MAPPED => c"CUDA_ERROR_NOT_MAPPED",
             PEER_ACCESS_UNSUPPORTED => c"CUDA_ERROR_PEER_ACCESS_UNSUPPORTED",
             INVALID_HANDLE => c"CUDA_ERROR_INVALID_HANDLE",
+            ILLEGAL_STATE => c"CUDA_ERROR_ILLEGAL_STATE",
             NOT_FOUND => c"CUDA_ERROR_NOT_FOUND",
             NOT_READY => c"CUDA_ERROR_NOT_READY",
             ILLEGAL_ADDRESS => c"CUDA_ERROR_ILLEGAL_ADDRESS",
@@ -120,6 +127,7 @@ pub mod result {
             NOT_SUPPORTED => c"CUDA_ERROR_NOT_SUPPORTED",
             STREAM_CAPTURE_UNSUPPORTED => c"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
             STREAM_CAPTURE_INVALIDATED => c"CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+            STREAM_CAPTURE_IMPLICIT => c"CUDA_ERROR_STREAM_CAPTURE_IMPLICIT",
             STREAM_CAPTURE_WRONG_THREAD => c"CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD",
             CAPTURED_EVENT => c"CUDA_ERROR_CAPTURED_EVENT",
             UNKNOWN => c"CUDA_ERROR_UNKNOWN",
@@ -193,6 +201,15 @@ pub const CU_POINTER_ATTRIBUTE_MAPPED: c_int = 13;
 pub const CU_MEMORYTYPE_HOST: c_uint = 1;
 /// `CU_MEMORYTYPE_DEVICE`.
 pub const CU_MEMORYTYPE_DEVICE: c_uint = 2;
+
+/// `CU_STREAM_CAPTURE_MODE_GLOBAL`.
+pub const CU_STREAM_CAPTURE_MODE_GLOBAL: c_uint = 0;
+/// `CU_STREAM_CAPTURE_MODE_RELAXED`.
+pub const CU_STREAM_CAPTURE_MODE_RELAXED: c_uint = 2;
+/// `CU_STREAM_CAPTURE_STATUS_NONE`.
+pub const CU_STREAM_CAPTURE_STATUS_NONE: c_uint = 0;
+/// `CU_STREAM_CAPTURE_STATUS_ACTIVE`.
+pub const CU_STREAM_CAPTURE_STATUS_ACTIVE: c_uint = 1;
 
 /// `CU_STREAM_NON_BLOCKING`.
 pub const CU_STREAM_NON_BLOCKING: c_uint = 1;
@@ -458,6 +475,15 @@ driver_api! {
     cuLaunchKernelEx_ptsz: fn(config: *const CUlaunchConfig, function: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void);
     cuLaunchCooperativeKernel: fn(function: CUfunction, grid_x: c_uint, grid_y: c_uint, grid_z: c_uint, block_x: c_uint, block_y: c_uint, block_z: c_uint, shared_bytes: c_uint, stream: CUstream, params: *mut *mut c_void);
     cuLaunchCooperativeKernel_ptsz: fn(function: CUfunction, grid_x: c_uint, grid_y: c_uint, grid_z: c_uint, block_x: c_uint, block_y: c_uint, block_z: c_uint, shared_bytes: c_uint, stream: CUstream, params: *mut *mut c_void);
+    cuStreamBeginCapture_v2: fn(stream: CUstream, mode: c_uint);
+    cuStreamBeginCapture_v2_ptsz: fn(stream: CUstream, mode: c_uint);
+    cuStreamEndCapture: fn(stream: CUstream, graph: *mut CUgraph);
+    cuStreamEndCapture_ptsz: fn(stream: CUstream, graph: *mut CUgraph);
+    cuStreamIsCapturing: fn(stream: CUstream, status: *mut c_uint);
+    cuStreamIsCapturing_ptsz: fn(stream: CUstream, status: *mut c_uint);
+    cuGraphInstantiateWithFlags: fn(executable: *mut CUgraphExec, graph: CUgraph, flags: u64);
+    cuGraphDestroy: fn(graph: CUgraph);
+    cuGraphExecDestroy: fn(executable: CUgraphExec);
     cuGraphLaunch: fn(graph: CUgraphExec, stream: CUstream);
     cuGraphLaunch_ptsz: fn(graph: CUgraphExec, stream: CUstream);
     cuGetProcAddress: fn(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int, flags: u64);

@@ -82,6 +82,10 @@ hook_table!(
     cuMemsetD32Async,
     cuMemRetainAllocationHandle,
     cuIpcGetMemHandle,
+    cuStreamBeginCapture_v2,
+    cuStreamBeginCapture_v2_ptsz,
+    cuStreamEndCapture,
+    cuStreamEndCapture_ptsz,
 );
 
 /// The hook for an exact symbol name. Allocation-free and lock-free.

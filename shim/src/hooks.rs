@@ -19,7 +19,8 @@ use crate::real_call;
 use crate::runtime::{HOOK_ERRORS, check_for_aimdo, state};
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use vvram_allocator::{AllocationInfo, Request};
 use vvram_cuda::*;
 
@@ -136,9 +137,23 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         if !owned(dptr) {
             return real_call!(cuMemFree_v2(dptr));
         }
+        if CAPTURES.load(Ordering::Acquire) > 0 {
+            // Synchronising now would break the capture: the memory goes at the next
+            // cuMemFree of vvram memory once no stream captures.
+            DEFERRED_FREES.lock().unwrap_or_else(|p| p.into_inner()).push(dptr);
+            tracing::debug!(dptr, "cuMemFree during a stream capture: deferred");
+            return result::SUCCESS;
+        }
         // cuMemFree synchronises: queued work may still use the memory, in any context.
         if let Err(code) = crate::ops::synchronize_every_context() {
             return code;
+        }
+        let deferred = std::mem::take(&mut *DEFERRED_FREES.lock().unwrap_or_else(|p| p.into_inner()));
+        for address in deferred {
+            if let Some(Err(code)) = state().manager.as_mut().map(|m| m.free(address)) {
+                HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(address, code, "a cuMemFree deferred past a stream capture failed");
+            }
         }
         let device = find(dptr).map_or(0, |info| info.device);
         let freed = state().manager.as_mut().map(|m| {
@@ -201,6 +216,15 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, si
 fn free_async(dptr: CUdeviceptr, stream: CUstream, pass_through: impl FnOnce() -> CUresult) -> CUresult {
     if !owned(dptr) {
         return pass_through();
+    }
+    if capturing(stream) {
+        // The free is a node of the graph being captured, which may run any number of
+        // times, later: the memory stays the graph's (placed, counted) for the process.
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if !SAID.swap(true, Ordering::Relaxed) {
+            tracing::info!(dptr, "cuMemFreeAsync during a stream capture: the memory stays with the graph");
+        }
+        return result::SUCCESS;
     }
     if let Some(info) = find(dptr) {
         // Pending write-backs into the memory come before the free on its stream.
@@ -368,19 +392,67 @@ pub unsafe extern "C" fn cuPointerGetAttributes(count: c_uint, attributes: *mut 
     })
 }
 
-/// What a host-to-device copy into vvram memory must wait for before the CPU writes.
-enum Order {
-    /// Synchronous copy: all queued work in the context.
-    Context,
-    /// Asynchronous copy: the stream's queued work.
-    Stream(CUstream),
+/// Stream captures begun and not yet ended, in the whole process.
+static CAPTURES: AtomicUsize = AtomicUsize::new(0);
+/// vvram memory given to `cuMemFree` while a stream captured.
+static DEFERRED_FREES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Counts a capture that began.
+fn began(code: CUresult) -> CUresult {
+    if code == result::SUCCESS {
+        CAPTURES.fetch_add(1, Ordering::AcqRel);
+    }
+    code
 }
 
-/// The fast path: host-tier pieces of the destination are written by the CPU after the
-/// copy's ordering point; other pieces go through `device_copy`. `None` when the
-/// destination has no host-tier piece (the caller passes the call through).
-fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: Order, device_copy: impl Fn(u64, *const c_void, usize) -> CUresult) -> Option<CUresult> {
-    if src.is_null() || len == 0 || !is_host_memory(src as u64) {
+/// Counts a capture that ended (also one a refused operation had invalidated).
+fn ended(code: CUresult) -> CUresult {
+    if code == result::SUCCESS || code == result::STREAM_CAPTURE_INVALIDATED {
+        let _ = CAPTURES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+    code
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamBeginCapture_v2(stream: CUstream, mode: c_uint) -> CUresult {
+    guard("cuStreamBeginCapture_v2", || began(real_call!(cuStreamBeginCapture_v2(stream, mode))))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: c_uint) -> CUresult {
+    guard("cuStreamBeginCapture_v2_ptsz", || began(real_call!(cuStreamBeginCapture_v2_ptsz(stream, mode))))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamEndCapture(stream: CUstream, graph: *mut CUgraph) -> CUresult {
+    guard("cuStreamEndCapture", || ended(real_call!(cuStreamEndCapture(stream, graph))))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamEndCapture_ptsz(stream: CUstream, graph: *mut CUgraph) -> CUresult {
+    guard("cuStreamEndCapture_ptsz", || ended(real_call!(cuStreamEndCapture_ptsz(stream, graph))))
+}
+
+/// The legacy default stream, on which the synchronous copies are ordered.
+const LEGACY: CUstream = CU_STREAM_LEGACY as CUstream;
+/// The per-thread default stream, on which the `_ptds` synchronous copies are ordered.
+const PER_THREAD: CUstream = CU_STREAM_PER_THREAD as CUstream;
+
+/// Whether `stream` is being captured into a graph (or the driver cannot say, as for the
+/// legacy stream while a blocking stream captures): a CPU copy would then not be in the
+/// graph, and synchronising the stream would break the capture.
+fn capturing(stream: CUstream) -> bool {
+    let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
+    real_call!(cuStreamIsCapturing(stream, &mut status)) != result::SUCCESS || status != CU_STREAM_CAPTURE_STATUS_NONE
+}
+
+/// The fast path: host-tier pieces of the destination are written by the CPU once the
+/// copy's stream (`order`: the legacy or per-thread default stream for synchronous
+/// copies) has finished its earlier work; other pieces go through `device_copy`. `None`
+/// when the destination has no host-tier piece, the source is not memory the CPU may
+/// read, or the stream is being captured (the caller passes the call to the driver).
+fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: CUstream, device_copy: impl Fn(u64, *const c_void, usize) -> CUresult) -> Option<CUresult> {
+    if src.is_null() || len == 0 || !is_host_memory(src as u64) || capturing(order) {
         return None;
     }
     // Pinned from the lookup to the end of the copy: a racing free is deferred until then.
@@ -389,10 +461,7 @@ fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: Order, device_copy:
     if !segments.iter().any(|s| s.host) {
         return None;
     }
-    let waited = match order {
-        Order::Context => real_call!(cuCtxSynchronize()),
-        Order::Stream(stream) => real_call!(cuStreamSynchronize(stream)),
-    };
+    let waited = real_call!(cuStreamSynchronize(order));
     if waited != result::SUCCESS {
         return Some(waited);
     }
@@ -446,7 +515,7 @@ fn is_host_memory(address: u64) -> bool {
 
 /// The fast path for unified-address copies (`cuMemcpy`, `cuMemcpyAsync`) from host
 /// memory into vvram memory.
-fn unified_h2d(dst: u64, src: u64, len: usize, order: Order, device_copy: impl Fn(u64, u64, usize) -> CUresult) -> Option<CUresult> {
+fn unified_h2d(dst: u64, src: u64, len: usize, order: CUstream, device_copy: impl Fn(u64, u64, usize) -> CUresult) -> Option<CUresult> {
     find(dst)?;
     fast_h2d(dst, src as *const c_void, len, order, |d, s, n| device_copy(d, s as u64, n))
 }
@@ -454,14 +523,14 @@ fn unified_h2d(dst: u64, src: u64, len: usize, order: Order, device_copy: impl F
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, len: usize) -> CUresult {
     guard("cuMemcpy", || {
-        unified_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpy(d, s, n))).unwrap_or_else(|| around(Some((src, len)), Some((dst, len)), None, 0, || real_call!(cuMemcpy(dst, src, len))))
+        unified_h2d(dst, src, len, LEGACY, |d, s, n| real_call!(cuMemcpy(d, s, n))).unwrap_or_else(|| around(Some((src, len)), Some((dst, len)), None, 0, || real_call!(cuMemcpy(dst, src, len))))
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, len: usize) -> CUresult {
     guard("cuMemcpy_ptds", || {
-        unified_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpy_ptds(d, s, n)))
+        unified_h2d(dst, src, len, PER_THREAD, |d, s, n| real_call!(cuMemcpy_ptds(d, s, n)))
             .unwrap_or_else(|| around(Some((src, len)), Some((dst, len)), None, CU_STREAM_PER_THREAD, || real_call!(cuMemcpy_ptds(dst, src, len))))
     })
 }
@@ -469,7 +538,7 @@ pub unsafe extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, len: 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, len: usize, stream: CUstream) -> CUresult {
     guard("cuMemcpyAsync", || {
-        unified_h2d(dst, src, len, Order::Stream(stream), |d, s, n| real_call!(cuMemcpyAsync(d, s, n, stream)))
+        unified_h2d(dst, src, len, stream, |d, s, n| real_call!(cuMemcpyAsync(d, s, n, stream)))
             .unwrap_or_else(|| {
                 let key = stream as usize;
                 around(Some((src, len)), Some((dst, len)), Some(key), key, || real_call!(cuMemcpyAsync(dst, src, len, stream)))
@@ -481,7 +550,7 @@ pub unsafe extern "C" fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, len: 
 pub unsafe extern "C" fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, len: usize, stream: CUstream) -> CUresult {
     guard("cuMemcpyAsync_ptsz", || {
         let ordered = per_thread_stream(stream);
-        unified_h2d(dst, src, len, Order::Stream(ordered), |d, s, n| real_call!(cuMemcpyAsync_ptsz(d, s, n, stream)))
+        unified_h2d(dst, src, len, ordered, |d, s, n| real_call!(cuMemcpyAsync_ptsz(d, s, n, stream)))
             .unwrap_or_else(|| {
                 let key = ordered as usize;
                 around(Some((src, len)), Some((dst, len)), Some(key), key, || real_call!(cuMemcpyAsync_ptsz(dst, src, len, stream)))
@@ -492,7 +561,7 @@ pub unsafe extern "C" fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, len: usize) -> CUresult {
     guard("cuMemcpyHtoD_v2", || {
-        fast_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpyHtoD_v2(d, s, n)))
+        fast_h2d(dst, src, len, LEGACY, |d, s, n| real_call!(cuMemcpyHtoD_v2(d, s, n)))
             .unwrap_or_else(|| real_call!(cuMemcpyHtoD_v2(dst, src, len)))
     })
 }
@@ -500,7 +569,7 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, l
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyHtoD_v2_ptds(dst: CUdeviceptr, src: *const c_void, len: usize) -> CUresult {
     guard("cuMemcpyHtoD_v2_ptds", || {
-        fast_h2d(dst, src, len, Order::Context, |d, s, n| real_call!(cuMemcpyHtoD_v2_ptds(d, s, n)))
+        fast_h2d(dst, src, len, PER_THREAD, |d, s, n| real_call!(cuMemcpyHtoD_v2_ptds(d, s, n)))
             .unwrap_or_else(|| real_call!(cuMemcpyHtoD_v2_ptds(dst, src, len)))
     })
 }
@@ -508,7 +577,7 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2_ptds(dst: CUdeviceptr, src: *const c_vo
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, len: usize, stream: CUstream) -> CUresult {
     guard("cuMemcpyHtoDAsync_v2", || {
-        fast_h2d(dst, src, len, Order::Stream(stream), |d, s, n| real_call!(cuMemcpyHtoDAsync_v2(d, s, n, stream)))
+        fast_h2d(dst, src, len, stream, |d, s, n| real_call!(cuMemcpyHtoDAsync_v2(d, s, n, stream)))
             .unwrap_or_else(|| real_call!(cuMemcpyHtoDAsync_v2(dst, src, len, stream)))
     })
 }
@@ -517,7 +586,7 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_vo
 pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2_ptsz(dst: CUdeviceptr, src: *const c_void, len: usize, stream: CUstream) -> CUresult {
     guard("cuMemcpyHtoDAsync_v2_ptsz", || {
         let ordered = per_thread_stream(stream);
-        fast_h2d(dst, src, len, Order::Stream(ordered), |d, s, n| real_call!(cuMemcpyHtoDAsync_v2_ptsz(d, s, n, stream)))
+        fast_h2d(dst, src, len, ordered, |d, s, n| real_call!(cuMemcpyHtoDAsync_v2_ptsz(d, s, n, stream)))
             .unwrap_or_else(|| real_call!(cuMemcpyHtoDAsync_v2_ptsz(dst, src, len, stream)))
     })
 }

@@ -45,7 +45,9 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     entry("cuMemFree_v2", true, || {
         // cuMemFree synchronises the current context, and only that one: work queued in
         // another context may still use the memory, as on a GPU.
-        stream::synchronize_device(current_device()?);
+        let device = current_device()?;
+        capture::forbid_context_sync(device)?;
+        stream::synchronize_device(device);
         memory::free(dptr)?;
         pools::note_free(dptr);
         Ok(())
@@ -80,8 +82,7 @@ fn free_async(dptr: CUdeviceptr, stream: CUstream, per_thread: bool) -> Outcome 
         if memory::free(dptr).is_ok() {
             pools::note_free(dptr);
         }
-    });
-    Ok(())
+    })
 }
 
 #[unsafe(no_mangle)]

@@ -49,7 +49,7 @@ impl Side {
     }
 }
 
-fn copy_bytes(dst: u64, src: u64, bytes: usize) -> impl FnOnce() + Send + 'static {
+fn copy_bytes(dst: u64, src: u64, bytes: usize) -> impl Fn() + Send + Sync + 'static {
     // SAFETY: as on a GPU, the addresses are the application's; a bad one faults.
     move || unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) }
 }
@@ -66,10 +66,9 @@ fn copy(dst: (Side, u64), src: (Side, u64), bytes: usize, stream: CUstream, per_
     let (dst, src) = (dst.0.view(dst.1), src.0.view(src.1));
     let work = copy_bytes(dst, src, bytes);
     match cost {
-        Some(cost) => submit(&stream_of(stream, per_thread)?, wait, move || timing::run(cost, work)),
+        Some(cost) => submit(&stream_of(stream, per_thread)?, wait, move || timing::run(cost, &work)),
         None => submit(&stream_of(stream, per_thread)?, wait, work),
     }
-    Ok(())
 }
 
 fn memset(dst: u64, value: u32, width: usize, count: usize, stream: CUstream, per_thread: bool, wait: bool) -> Outcome {
@@ -83,8 +82,7 @@ fn memset(dst: u64, value: u32, width: usize, count: usize, stream: CUstream, pe
                 _ => std::slice::from_raw_parts_mut(dst as *mut u32, count).fill(value),
             }
         }
-    });
-    Ok(())
+    })
 }
 
 

@@ -192,7 +192,9 @@ pub unsafe extern "C" fn cuCtxGetDevice_v2(device: *mut CUdevice, context: CUcon
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     entry("cuCtxSynchronize", true, || {
-        stream::synchronize_device(current_device()?);
+        let device = current_device()?;
+        capture::forbid_context_sync(device)?;
+        stream::synchronize_device(device);
         Ok(())
     })
 }
@@ -201,7 +203,9 @@ pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxSynchronize_v2(context: CUcontext) -> CUresult {
     entry("cuCtxSynchronize_v2", true, || {
-        stream::synchronize_device(device_of_context(context)?);
+        let device = device_of_context(context)?;
+        capture::forbid_context_sync(device)?;
+        stream::synchronize_device(device);
         Ok(())
     })
 }

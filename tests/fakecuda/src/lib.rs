@@ -14,6 +14,7 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 mod allocation;
+mod capture;
 mod attributes;
 mod config;
 mod copies;
@@ -46,6 +47,7 @@ use stream::{Event, Registry, Stream};
 use vvram_cuda::*;
 
 use allocation::*;
+use capture::*;
 use attributes::*;
 use copies::*;
 use device::*;

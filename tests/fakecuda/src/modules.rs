@@ -174,8 +174,7 @@ unsafe fn launch(function: CUfunction, stream: CUstream, per_thread: bool, param
     submit(&stream_of(stream, per_thread)?, false, move || {
         // SAFETY: the kernel's addresses are device views; a bad one faults, as on a GPU.
         timing::run(timing::Cost { lane: timing::Lane::Compute, time }, || unsafe { kernel.run(&packed) });
-    });
-    Ok(())
+    })
 }
 
 macro_rules! launch_entry {

@@ -34,6 +34,8 @@ pub struct Stream {
     pub device: usize,
     /// The timing model's clock: when each recent piece of work finished.
     clock: Mutex<crate::timing::StreamClock>,
+    /// The capture in progress on this stream, if any (see `capture`).
+    pub capture: Mutex<Option<crate::capture::Capture>>,
 }
 
 impl Stream {
@@ -46,6 +48,7 @@ impl Stream {
             blocking,
             device,
             clock: Mutex::new(crate::timing::StreamClock::default()),
+            capture: Mutex::new(None),
         });
         let weak = Arc::downgrade(&stream);
         std::thread::Builder::new()
@@ -173,6 +176,11 @@ fn implicit_waits(stream: &Arc<Stream>) -> Vec<(Arc<Stream>, u64)> {
     }
 }
 
+/// The live streams of `device`'s context.
+pub fn streams_of(device: usize) -> Vec<Arc<Stream>> {
+    all_streams().lock().unwrap().iter().filter_map(Weak::upgrade).filter(|s| s.device == device).collect()
+}
+
 /// Waits until every stream of `device`'s context has finished what was queued so far
 /// (`cuCtxSynchronize`: the context's streams only, not other devices').
 pub fn synchronize_device(device: usize) {
@@ -251,6 +259,7 @@ struct EventState {
     point: Option<(Arc<Stream>, u64)>,
     passed_at: Option<Instant>,
     record_count: u64,
+    captured: bool,
 }
 
 impl Event {
@@ -271,6 +280,22 @@ impl Event {
         );
         state.point = Some((stream.clone(), seq));
         state.passed_at = None;
+        state.captured = false;
+    }
+
+    /// Records the event in a stream capture: it stands for a point of a graph, not of
+    /// the stream's work, until recorded again outside a capture.
+    pub fn record_in_capture(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.record_count += 1;
+        state.point = None;
+        state.passed_at = None;
+        state.captured = true;
+    }
+
+    /// Whether the event was last recorded in a capturing stream.
+    pub fn captured(&self) -> bool {
+        self.state.lock().unwrap().captured
     }
 
     /// The stream point the event stands for, if recorded.

@@ -1,6 +1,4 @@
-//! Stream priorities, flags and capture status. The fake never captures a stream into a
-//! graph (`cuStreamBeginCapture` is unsupported), so every stream reports that it is not
-//! capturing.
+//! Stream priorities, flags and capture status (captures themselves are in `capture`).
 
 use super::*;
 use std::collections::HashMap;
@@ -82,8 +80,15 @@ pub unsafe extern "C" fn cuStreamGetFlags_ptsz(handle: CUstream, flags: *mut c_u
 }
 
 fn is_capturing(handle: CUstream, per_thread: bool, status: *mut c_uint) -> Outcome {
-    stream_of(handle, per_thread)?;
-    unsafe { out(status, CAPTURE_STATUS_NONE) }
+    let stream = stream_of(handle, per_thread)?;
+    if Arc::ptr_eq(&stream, &stream::legacy(stream.device))
+        && stream::streams_of(stream.device).iter().any(|s| s.blocking && capture::status(s).is_some())
+    {
+        // The legacy stream synchronises with a capturing blocking stream: the driver
+        // says so rather than answer.
+        return Err(result::STREAM_CAPTURE_IMPLICIT);
+    }
+    unsafe { out(status, capture::status(&stream).unwrap_or(CAPTURE_STATUS_NONE)) }
 }
 
 #[unsafe(no_mangle)]

@@ -24,11 +24,17 @@ pub(crate) fn stream_of(handle: CUstream, per_thread: bool) -> Result<Arc<Stream
 }
 
 /// Queues `work` on a stream; with `wait`, returns only once it has run (synchronous API).
-pub(crate) fn submit(stream: &Arc<Stream>, wait: bool, work: impl FnOnce() + Send + 'static) {
-    let seq = stream.enqueue(Vec::new(), Box::new(work));
+/// On a capturing stream the work is recorded into the capture's graph instead.
+pub(crate) fn submit(stream: &Arc<Stream>, wait: bool, work: impl Fn() + Send + Sync + 'static) -> Outcome {
+    let work: capture::Node = Arc::new(work);
+    if capture::record(stream, wait, &work)? {
+        return Ok(());
+    }
+    let seq = stream.enqueue(Vec::new(), Box::new(move || work()));
     if wait {
         stream.wait_for(seq);
     }
+    Ok(())
 }
 
 
@@ -46,11 +52,14 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(handle: CUstream) -> CUresult {
 }
 
 fn stream_sync(handle: CUstream, per_thread: bool) -> Outcome {
-    stream_of(handle, per_thread)?.synchronize();
+    let stream = stream_of(handle, per_thread)?;
+    capture::forbid_stream_sync(&stream)?;
+    stream.synchronize();
     Ok(())
 }
 
 /// A host function and its argument, carried to the stream's worker.
+#[derive(Clone, Copy)]
 struct HostFunction(unsafe extern "C" fn(*mut c_void), usize);
 
 fn launch_host_function(handle: CUstream, per_thread: bool, function: Option<unsafe extern "C" fn(*mut c_void)>, data: *mut c_void) -> Outcome {
@@ -59,8 +68,7 @@ fn launch_host_function(handle: CUstream, per_thread: bool, function: Option<uns
         let HostFunction(function, data) = function;
         // SAFETY: the application's function with its own argument, as the driver calls it.
         crate::stream::run_host_function(|| unsafe { function(data as *mut c_void) });
-    });
-    Ok(())
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -85,6 +93,7 @@ pub unsafe extern "C" fn cuStreamSynchronize_ptsz(handle: CUstream) -> CUresult 
 
 fn stream_query(handle: CUstream, per_thread: bool) -> Outcome {
     let stream = stream_of(handle, per_thread)?;
+    capture::forbid_stream_sync(&stream)?;
     if stream.has_completed(stream.submitted()) { Ok(()) } else { Err(result::NOT_READY) }
 }
 
@@ -127,7 +136,12 @@ pub unsafe extern "C" fn cuEventCreate(event: *mut CUevent, _flags: c_uint) -> C
 
 fn event_record(event: CUevent, handle: CUstream, per_thread: bool) -> Outcome {
     let event = events().get(event as usize).ok_or(result::INVALID_HANDLE)?;
-    event.record(&stream_of(handle, per_thread)?);
+    let stream = stream_of(handle, per_thread)?;
+    if capture::status(&stream).is_some() {
+        event.record_in_capture();
+        return Ok(());
+    }
+    event.record(&stream);
     Ok(())
 }
 
@@ -145,6 +159,9 @@ pub unsafe extern "C" fn cuEventRecord_ptsz(event: CUevent, handle: CUstream) ->
 pub unsafe extern "C" fn cuEventQuery(event: CUevent) -> CUresult {
     entry("cuEventQuery", true, || {
         let event = events().get(event as usize).ok_or(result::INVALID_HANDLE)?;
+        if event.captured() {
+            return Err(result::CAPTURED_EVENT);
+        }
         match event.point() {
             Some((stream, seq)) if !stream.has_completed(seq) => Err(result::NOT_READY),
             _ => Ok(()),
@@ -156,6 +173,9 @@ pub unsafe extern "C" fn cuEventQuery(event: CUevent) -> CUresult {
 pub unsafe extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
     entry("cuEventSynchronize", true, || {
         let event = events().get(event as usize).ok_or(result::INVALID_HANDLE)?;
+        if event.captured() {
+            return Err(result::CAPTURED_EVENT);
+        }
         if let Some((stream, seq)) = event.point() {
             stream.wait_for(seq);
         }

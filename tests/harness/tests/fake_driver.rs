@@ -98,6 +98,14 @@ fn host_access_takes_the_location_types_the_driver_takes() {
 }
 
 #[test]
+fn stream_capture_follows_the_driver_s_rules() {
+    for door in ["dlsym", "procaddress"] {
+        let stdout = passes(&["--door", door, "capture-rules"], &[]);
+        assert!(stdout.contains("ok: stream capture follows the driver's rules"), "{door}: {stdout}");
+    }
+}
+
+#[test]
 fn pinning_host_memory_costs_time() {
     let stdout = passes(&["pin-cost"], &[("FAKECUDA_PIN_GBPS", "0.5")]);
     let ms: f64 = stdout.split("in ").nth(1).and_then(|r| r.split(' ').next()).and_then(|v| v.parse().ok()).unwrap();

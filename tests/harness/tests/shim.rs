@@ -132,6 +132,12 @@ fn only_the_default_memory_pool_is_placed_other_pools_pass_through() {
 }
 
 #[test]
+fn a_stream_capture_is_neither_broken_nor_bypassed() {
+    let stdout = passes(&exercise(&["capture"], &[]));
+    assert!(stdout.contains("ok: a capture under vvram records the copy, defers the frees and is not broken"), "{stdout}");
+}
+
+#[test]
 fn control_api_policies_phases_and_stream_ordered_frees() {
     assert!(passes(&exercise(&["control"], &[("FAKECUDA_KERNEL_US", "300000")])).contains("ok: control API"));
 }

@@ -484,6 +484,61 @@ fn cpu_touch(s: &Session, what: &str) -> Checked {
     Err(Failure(format!("the CPU read {value} from {what} memory without a fault")))
 }
 
+/// Stream capture with the driver's rules: what breaks a capture, what a captured event
+/// refuses, and captured work running only when (and each time) the graph is launched.
+fn capture_rules(s: &Session) -> Checked {
+    let (mut stream, mut blocking) = (std::ptr::null_mut(), std::ptr::null_mut());
+    cu!(s.cuda, cuStreamCreate(&mut stream, CU_STREAM_NON_BLOCKING))?;
+    cu!(s.cuda, cuStreamCreate(&mut blocking, 0))?;
+    let mut graph = std::ptr::null_mut();
+    let mut end = |on: CUstream, graph: &mut CUgraph| code!(s, cuStreamEndCapture(on, graph));
+    cu!(s.cuda, cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_GLOBAL))?;
+    let mut status = 0;
+    cu!(s.cuda, cuStreamIsCapturing(stream, &mut status))?;
+    expect("cuStreamIsCapturing of a capturing stream", status, CU_STREAM_CAPTURE_STATUS_ACTIVE)?;
+    expect("cuStreamSynchronize of a capturing stream", code!(s, cuStreamSynchronize(stream)), result::STREAM_CAPTURE_UNSUPPORTED)?;
+    expect("ending a capture a synchronisation broke", end(stream, &mut graph), result::STREAM_CAPTURE_INVALIDATED)?;
+    cu!(s.cuda, cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_GLOBAL))?;
+    expect("cuCtxSynchronize during a global capture", code!(s, cuCtxSynchronize()), result::STREAM_CAPTURE_UNSUPPORTED)?;
+    expect("ending a capture cuCtxSynchronize broke", end(stream, &mut graph), result::STREAM_CAPTURE_INVALIDATED)?;
+    cu!(s.cuda, cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_RELAXED))?;
+    cu!(s.cuda, cuCtxSynchronize())?;
+    expect("ending a relaxed capture", end(stream, &mut graph), result::SUCCESS)?;
+    cu!(s.cuda, cuGraphDestroy(graph))?;
+    let mut event = std::ptr::null_mut();
+    cu!(s.cuda, cuEventCreate(&mut event, 0))?;
+    cu!(s.cuda, cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_GLOBAL))?;
+    cu!(s.cuda, cuEventRecord(event, stream))?;
+    expect("cuEventQuery of an event recorded in a capture", code!(s, cuEventQuery(event)), result::CAPTURED_EVENT)?;
+    expect("ending a capture with an event", end(stream, &mut graph), result::SUCCESS)?;
+    cu!(s.cuda, cuGraphDestroy(graph))?;
+    let n = MIB;
+    let mut p = 0u64;
+    cu!(s.cuda, cuMemAlloc_v2(&mut p, n * 4))?;
+    cu!(s.cuda, cuStreamBeginCapture_v2(blocking, CU_STREAM_CAPTURE_MODE_GLOBAL))?;
+    let data = vec![1f32; n];
+    expect("a synchronous copy while a blocking stream captures", code!(s, cuMemcpyHtoD_v2(p, data.as_ptr() as *const c_void, n * 4)), result::STREAM_CAPTURE_IMPLICIT)?;
+    expect("ending the blocking stream's capture", end(blocking, &mut graph), result::STREAM_CAPTURE_INVALIDATED)?;
+    cu!(s.cuda, cuMemsetD32_v2(p, 0, n))?;
+    cu!(s.cuda, cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_GLOBAL))?;
+    s.fill(stream, p, 3.0, n)?;
+    expect("ending a capture of a kernel", end(stream, &mut graph), result::SUCCESS)?;
+    ensure(s.read_f32(p, n)?.iter().all(|v| *v == 0.0), || "captured work ran before the graph was launched".into())?;
+    let mut executable = std::ptr::null_mut();
+    cu!(s.cuda, cuGraphInstantiateWithFlags(&mut executable, graph, 0))?;
+    for launch in 0..2 {
+        cu!(s.cuda, cuGraphLaunch(executable, stream))?;
+        cu!(s.cuda, cuStreamSynchronize(stream))?;
+        ensure(s.read_f32(p, n)?.iter().all(|v| *v == 3.0), || format!("graph launch {launch} did not run the captured kernel"))?;
+        cu!(s.cuda, cuMemsetD32_v2(p, 0, n))?;
+    }
+    cu!(s.cuda, cuGraphExecDestroy(executable))?;
+    cu!(s.cuda, cuGraphDestroy(graph))?;
+    cu!(s.cuda, cuMemFree_v2(p))?;
+    println!("ok: stream capture follows the driver's rules and graphs replay the captured work");
+    Ok(())
+}
+
 /// Host-located `cuMemCreate` costs what pinning costs (FAKECUDA_PIN_GBPS on the fake).
 fn pin_cost(s: &Session) -> Checked {
     let size = 64 * MIB;
@@ -533,6 +588,7 @@ fn run(args: &[String]) -> Checked {
         "refusals" => refusals(&s)?,
         "cpu-touch" => cpu_touch(&s, args.get(1).map_or("", String::as_str))?,
         "pin-cost" => pin_cost(&s)?,
+        "capture-rules" => capture_rules(&s)?,
         "spread" => shim::spread(&s)?,
         "threads" => shim::threads(&s)?,
         "h2d" => shim::h2d(&s)?,
@@ -541,6 +597,7 @@ fn run(args: &[String]) -> Checked {
         "free-elsewhere" => shim::free_elsewhere(&s)?,
         "alloc-latency" => shim::alloc_latency(&s)?,
         "pools" => shim::pools(&s)?,
+        "capture" => shim::capture(&s)?,
         "engine-steps" => engine::steps(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100))?,
         "engine-patch" => engine::patch(&s)?,
         "engine-miss" => engine::miss(&s)?,
@@ -558,7 +615,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-kernel, engine-thread"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, capture-rules, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools, capture; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-kernel, engine-thread"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())

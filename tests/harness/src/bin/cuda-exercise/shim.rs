@@ -430,3 +430,40 @@ pub fn pools(s: &Session) -> Checked {
     println!("ok: the default pool is placed by vvram; another pool passes through with its properties");
     Ok(())
 }
+
+/// Stream capture under vvram: a host-to-device copy into host-tier memory, a
+/// `cuMemFree` and a `cuMemFreeAsync` during a capture neither break it nor run outside
+/// the graph; the copy happens when the graph is launched.
+pub fn capture(s: &Session) -> Checked {
+    let control = Control::find()?;
+    let piece = 4 * MIB;
+    let filler = alloc(s, control.capacity("local")? - control.tier_used("local")?)?;
+    let dst = alloc(s, piece)?;
+    let gone = alloc(s, piece)?;
+    let kept = alloc(s, piece)?;
+    ensure(control.tier_used("host")? == 3 * piece, || "the capture's buffers are not on the host tier".into())?;
+    let data = pattern(piece as usize / 4, 7);
+    let mut stream = std::ptr::null_mut();
+    cu!(s.cuda, cuStreamCreate(&mut stream, CU_STREAM_NON_BLOCKING))?;
+    cu!(s.cuda, cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_GLOBAL))?;
+    cu!(s.cuda, cuMemcpyHtoDAsync_v2(dst, data.as_ptr() as *const c_void, piece as usize, stream))?;
+    cu!(s.cuda, cuMemFree_v2(gone))?;
+    cu!(s.cuda, cuMemFreeAsync(kept, stream))?;
+    let mut graph = std::ptr::null_mut();
+    cu!(s.cuda, cuStreamEndCapture(stream, &mut graph))?;
+    ensure(s.read_f32(dst, 4)?.iter().all(|v| *v == 0.0), || "the captured copy ran before the graph was launched".into())?;
+    let mut executable = std::ptr::null_mut();
+    cu!(s.cuda, cuGraphInstantiateWithFlags(&mut executable, graph, 0))?;
+    cu!(s.cuda, cuGraphLaunch(executable, stream))?;
+    cu!(s.cuda, cuStreamSynchronize(stream))?;
+    ensure(s.read_f32(dst, data.len())? == data, || "the graph did not copy the data".into())?;
+    cu!(s.cuda, cuGraphExecDestroy(executable))?;
+    cu!(s.cuda, cuGraphDestroy(graph))?;
+    cu!(s.cuda, cuMemFree_v2(dst))?;
+    cu!(s.cuda, cuMemFree_v2(filler))?;
+    let host = control.tier_used("host")?;
+    ensure(host == piece, || format!("after the capture {host} bytes stay on the host tier, expected the graph's {piece}"))?;
+    cu!(s.cuda, cuStreamDestroy_v2(stream))?;
+    println!("ok: a capture under vvram records the copy, defers the frees and is not broken");
+    Ok(())
+}
