@@ -18,14 +18,32 @@ for door in dlsym procaddress procaddress-ptds; do
   check "$bin/cuda-exercise" --door "$door" all
 done
 check "$bin/cuda-exercise" unmapped
+gpus=$("$bin/cuda-exercise" devices | grep -c '^device ')
+
+section "driver: what the fake driver refuses, the real one must refuse too"
+check "$bin/cuda-exercise" refusals
+check "$bin/cuda-exercise" capture-rules
+for what in device vmm-device vmm-host; do
+  "$bin/cuda-exercise" cpu-touch "$what"
+  code=$?
+  [ "$code" -eq 139 ] || { echo "FAILED: the CPU touching $what memory exited $code, expected a segmentation fault (139)"; failed=1; }
+done
+if [ "$gpus" -ge 2 ]; then
+  check "$bin/cuda-exercise" --door procaddress contexts
+fi
 
 if [ -f "$bin/libvvram.so" ]; then
   exact=$(mktemp --suffix=.toml)
   printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "16GiB" }]\n' > "$exact"
   section "shim: cuda-exercise under libvvram.so"
-  for scenario in spread h2d app-vmm; do
+  for scenario in spread h2d app-vmm capture alloc-latency; do
     check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$exact" "$bin/cuda-exercise" "$scenario"
   done
+  if [ "$gpus" -ge 2 ]; then
+    for scenario in pools free-elsewhere; do
+      check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$exact" "$bin/cuda-exercise" "$scenario"
+    done
+  fi
   streaming=$(mktemp --suffix=.toml)
   printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "16GiB" }]\n[[rule]]\nphase = "load"\ntiers = ["host"]\n[streaming]\nenabled = true\nlocal_cache = "4KiB"\n' > "$streaming"
   section "engine: translated launches on the real driver (a 4 KiB cache: six weights cycle through it)"

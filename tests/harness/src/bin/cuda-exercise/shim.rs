@@ -443,6 +443,7 @@ pub fn capture(s: &Session) -> Checked {
     let kept = alloc(s, piece)?;
     ensure(control.tier_used("host")? == 3 * piece, || "the capture's buffers are not on the host tier".into())?;
     let data = pattern(piece as usize / 4, 7);
+    cu!(s.cuda, cuMemsetD32_v2(dst, 0, piece as usize / 4))?;
     let mut stream = std::ptr::null_mut();
     cu!(s.cuda, cuStreamCreate(&mut stream, CU_STREAM_NON_BLOCKING))?;
     cu!(s.cuda, cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_GLOBAL))?;
