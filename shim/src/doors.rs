@@ -167,7 +167,7 @@ unsafe fn substitute_answer(code: CUresult, pfn: *mut *mut c_void, symbol: *cons
     let answered = unsafe { *pfn };
     // Null, or already a hook: a driver whose own table binds to the exported symbols
     // answers with whatever `LD_PRELOAD` put first.
-    if answered.is_null() || HOOKS.iter().any(|h| h.address == answered as *const c_void) {
+    if answered.is_null() || HOOKS.iter().any(|h| std::ptr::eq(h.address, answered as *const c_void)) {
         return code;
     }
     if let Some(hook) = substitute(answered) {

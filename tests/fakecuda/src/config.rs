@@ -15,6 +15,8 @@
 //!   (`CU_DEVICE_ATTRIBUTE_HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED`; 0 as on WSL).
 //! * `FAKECUDA_HOST_ACCESS="host-numa,host"`: the location types `cuMemSetAccess` accepts
 //!   to grant the CPU access (driver 580 accepts both; `none` for neither).
+//! * `FAKECUDA_CTX_MS=0`: what creating a primary context costs (its first retain), in
+//!   milliseconds; the driver takes a few hundred.
 //! * `FAKECUDA_PROC_INTERNAL=1`: `cuGetProcAddress` answers `cuMemAlloc` with an
 //!   internal entry point, not the exported symbol's address (some drivers do so).
 //! * `FAKECUDA_PIN_GBPS=5`: the rate at which host-located `cuMemCreate` pins memory, in
@@ -54,6 +56,8 @@ pub struct Config {
     pub pin_bytes_per_second: u64,
     /// Whether `cuGetProcAddress` answers with internal entry points.
     pub proc_internal: bool,
+    /// Milliseconds a primary context takes to create.
+    pub context_ms: u64,
 }
 
 impl Config {
@@ -192,7 +196,12 @@ fn read() -> Result<Config, String> {
         Some("1") => true,
         Some(s) => return Err(format!("FAKECUDA_PROC_INTERNAL `{s}`: expected 0 or 1")),
     };
+    let context_ms = match var("FAKECUDA_CTX_MS") {
+        None => 0,
+        Some(s) => s.trim().parse().map_err(|_| format!("FAKECUDA_CTX_MS `{s}`: expected milliseconds"))?,
+    };
     Ok(Config {
+        context_ms,
         proc_internal,
         devices,
         peers,

@@ -123,7 +123,10 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(context: *mut CUcontext, devic
     entry("cuDevicePrimaryCtxRetain", true, || {
         let device = device_index(device)?;
         unsafe { out(context, context_handle(device))? };
-        primary_retains()[device].fetch_add(1, Ordering::AcqRel);
+        if primary_retains()[device].fetch_add(1, Ordering::AcqRel) == 0 && config().context_ms > 0 {
+            // Creating a context takes the driver a while (FAKECUDA_CTX_MS).
+            std::thread::sleep(std::time::Duration::from_millis(config().context_ms));
+        }
         Ok(())
     })
 }

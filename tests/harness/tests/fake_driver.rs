@@ -113,6 +113,13 @@ fn pinning_host_memory_costs_time() {
 }
 
 #[test]
+fn creating_a_context_costs_time() {
+    let started = std::time::Instant::now();
+    passes(&["devices"], &[("FAKECUDA_CTX_MS", "400")]);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400), "a primary context was created in {:?}", started.elapsed());
+}
+
+#[test]
 fn granularities_come_from_the_configuration() {
     let out = exercise(&["stitched"], &[("FAKECUDA_HOST_GRANULARITY", "4MiB")]);
     assert!(!out.status.success(), "a 2 MiB host chunk where the host granularity is 4 MiB must be refused: {}", describe(&out));

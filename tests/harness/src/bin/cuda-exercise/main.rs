@@ -491,7 +491,7 @@ fn capture_rules(s: &Session) -> Checked {
     cu!(s.cuda, cuStreamCreate(&mut stream, CU_STREAM_NON_BLOCKING))?;
     cu!(s.cuda, cuStreamCreate(&mut blocking, 0))?;
     let mut graph = std::ptr::null_mut();
-    let mut end = |on: CUstream, graph: &mut CUgraph| code!(s, cuStreamEndCapture(on, graph));
+    let end = |on: CUstream, graph: &mut CUgraph| code!(s, cuStreamEndCapture(on, graph));
     cu!(s.cuda, cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_GLOBAL))?;
     let mut status = 0;
     cu!(s.cuda, cuStreamIsCapturing(stream, &mut status))?;
