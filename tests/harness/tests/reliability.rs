@@ -192,8 +192,8 @@ fn a_real_driver_path_that_is_not_a_driver_stops_the_process() {
 
 #[test]
 fn replays_of_other_interposers_crash_classes() {
-    for name in ["prefix", "no-context", "pool-trim", "bad-copies", "callback-free"] {
-        let out = torture(POLICY, "256MiB", &["replay", name], &[]);
+    for name in ["prefix", "no-context", "pool-trim", "bad-copies", "callback-free", "procaddress-internal"] {
+        let out = torture(POLICY, "256MiB", &["replay", name], &[("FAKECUDA_PROC_INTERNAL", "1")]);
         assert!(figures(&out, &format!("replay {name}:")).contains(": ok"), "{}", describe(&out));
     }
 }

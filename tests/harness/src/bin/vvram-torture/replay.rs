@@ -234,6 +234,33 @@ fn callback_free() -> Result<(), String> {
     Ok(())
 }
 
+/// Entry points found through `cuGetProcAddress` (libcudart's door) on a driver that
+/// answers with another address than its exported symbol (run with
+/// `FAKECUDA_PROC_INTERNAL=1`): allocations must still reach vvram.
+fn procaddress_internal() -> Result<(), String> {
+    let cuda = vvram_harness::Cuda::load(vvram_harness::Door::ProcAddress)?;
+    vvram_harness::cu!(cuda, cuInit(0)).map_err(|e| e.to_string())?;
+    let mut context = std::ptr::null_mut();
+    vvram_harness::cu!(cuda, cuDevicePrimaryCtxRetain(&mut context, 0)).map_err(|e| e.to_string())?;
+    vvram_harness::cu!(cuda, cuCtxSetCurrent(context)).map_err(|e| e.to_string())?;
+    let control = Control::find()?;
+    let mut pointers = Vec::new();
+    for size in [4096u64, 3 * MIB, 9 * MIB] {
+        let mut p = 0;
+        vvram_harness::cu!(cuda, cuMemAlloc_v2(&mut p, size as usize)).map_err(|e| e.to_string())?;
+        pointers.push(p);
+    }
+    let placed = control.stats()?["allocations"].as_u64().unwrap_or(0);
+    for p in pointers {
+        vvram_harness::cu!(cuda, cuMemFree_v2(p)).map_err(|e| e.to_string())?;
+    }
+    if placed != 3 || control.placed()? != 0 {
+        return Err(format!("through cuGetProcAddress {placed} of 3 allocations reached vvram"));
+    }
+    println!("replay procaddress-internal: ok (3 of 3 allocations placed by vvram)");
+    Ok(())
+}
+
 /// Runs one replay by name.
 pub fn replay(name: &str) -> Result<(), String> {
     match name {
@@ -242,6 +269,7 @@ pub fn replay(name: &str) -> Result<(), String> {
         "pool-trim" => pool_trim(),
         "bad-copies" => bad_copies(),
         "callback-free" => callback_free(),
-        other => Err(format!("unknown replay `{other}`: prefix, no-context, pool-trim, bad-copies, callback-free")),
+        "procaddress-internal" => procaddress_internal(),
+        other => Err(format!("unknown replay `{other}`: prefix, no-context, pool-trim, bad-copies, callback-free, procaddress-internal")),
     }
 }
