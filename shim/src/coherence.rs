@@ -29,7 +29,7 @@ fn touches(range: Range) -> bool {
 /// synchronous ones: the CPU waits for the engine's copies instead); `fence_stream` is
 /// where the call's own work is ordered (later staging copies wait for it there).
 pub fn around(read: Range, write: Range, stream: Option<usize>, fence_stream: usize, call: impl FnOnce() -> CUresult) -> CUresult {
-    if !ACTIVE.load(Ordering::Relaxed) || !(touches(read) || touches(write)) {
+    if !ACTIVE.load(Ordering::Relaxed) || !(touches(read) || touches(write)) || stream.is_some_and(staging::capturing) {
         return call();
     }
     let mut call = Some(call);

@@ -190,6 +190,12 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
     if refs.len == 0 {
         return issue(given);
     }
+    if staging::capturing(stream) {
+        // A graph replays later, when a staged copy may be gone: read in place (graph
+        // launches write dirty copies back first).
+        staging::CAPTURED_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+        return issue(given);
+    }
     match catch_unwind(AssertUnwindSafe(|| unsafe { translated(stream, given, layout, &refs.bases[..refs.len], &issue) })) {
         Ok(code) => code,
         Err(_) => {

@@ -30,6 +30,17 @@ pub static ACTIVE: AtomicBool = AtomicBool::new(false);
 pub static LAUNCHES_SEEN: AtomicU64 = AtomicU64::new(0);
 /// Launches whose parameters could not be scanned (no layout for the function).
 pub static UNSCANNED_LAUNCHES: AtomicU64 = AtomicU64::new(0);
+/// Launches referencing donor memory captured into a graph (not translated: a graph
+/// replays later, when a staged copy may be gone).
+pub static CAPTURED_LAUNCHES: AtomicU64 = AtomicU64::new(0);
+/// Devices whose engine could not start (bit per device): said once, not retried.
+static FAILED_TO_START: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `stream` is being captured into a graph (or the driver cannot say).
+pub fn capturing(stream: usize) -> bool {
+    let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
+    real_call!(cuStreamIsCapturing(stream as CUstream, &mut status)) != result::SUCCESS || status != CU_STREAM_CAPTURE_STATUS_NONE
+}
 
 /// The donor extents of every device, for the launch hooks.
 pub fn table() -> &'static ExtentTable {
@@ -37,11 +48,21 @@ pub fn table() -> &'static ExtentTable {
     TABLE.get_or_init(|| ExtentTable::new(TABLE_CAPACITY))
 }
 
+/// Stall probes in flight at most: a kernel's wait for a copy still in flight is timed
+/// with two timing events around it while fewer than this many are unread.
+const PROBES: usize = 64;
+
 /// The engine's device operations on the real driver.
 pub struct DriverTransfers {
     stage_stream: CUstream,
     write_back_stream: CUstream,
     events: Vec<CUevent>,
+    timing_events: Vec<CUevent>,
+    probes: std::collections::VecDeque<(CUevent, CUevent)>,
+    /// Time kernels' streams waited for staging copies, over the probes read so far.
+    pub stall_ns: u64,
+    /// Probes read.
+    pub stall_probes: u64,
 }
 
 // SAFETY: stream and event handles may be used from any thread of the context.
@@ -57,7 +78,42 @@ impl DriverTransfers {
         let (mut stage_stream, mut write_back_stream) = (std::ptr::null_mut(), std::ptr::null_mut());
         check(real_call!(cuStreamCreate(&mut stage_stream, CU_STREAM_NON_BLOCKING)))?;
         check(real_call!(cuStreamCreate(&mut write_back_stream, CU_STREAM_NON_BLOCKING)))?;
-        Ok(DriverTransfers { stage_stream, write_back_stream, events: Vec::new() })
+        Ok(DriverTransfers {
+            stage_stream,
+            write_back_stream,
+            events: Vec::new(),
+            timing_events: Vec::new(),
+            probes: std::collections::VecDeque::new(),
+            stall_ns: 0,
+            stall_probes: 0,
+        })
+    }
+
+    fn timing_event(&mut self) -> Result<CUevent, CUresult> {
+        match self.timing_events.pop() {
+            Some(event) => Ok(event),
+            None => {
+                let mut event = std::ptr::null_mut();
+                check(real_call!(cuEventCreate(&mut event, 0)))?;
+                Ok(event)
+            }
+        }
+    }
+
+    /// Adds the stall of every finished probe, oldest first.
+    pub fn read_probes(&mut self) {
+        while let Some(&(start, end)) = self.probes.front() {
+            if real_call!(cuEventQuery(end)) != result::SUCCESS {
+                return;
+            }
+            let mut ms = 0f32;
+            if real_call!(cuEventElapsedTime(&mut ms, start, end)) == result::SUCCESS {
+                self.stall_ns += (ms.max(0.0) as f64 * 1e6) as u64;
+                self.stall_probes += 1;
+            }
+            self.probes.pop_front();
+            self.timing_events.extend([start, end]);
+        }
     }
 
     fn event(&mut self) -> Result<CUevent, CUresult> {
@@ -104,7 +160,22 @@ impl Transfers for DriverTransfers {
     }
 
     fn wait(&mut self, stream: usize, event: usize) -> Result<(), CUresult> {
-        check(real_call!(cuStreamWaitEvent(stream as CUstream, event as CUevent, 0)))
+        self.read_probes();
+        let in_flight = real_call!(cuEventQuery(event as CUevent)) == result::NOT_READY;
+        let probe = if in_flight && self.probes.len() < PROBES {
+            let start = self.timing_event()?;
+            check(real_call!(cuEventRecord(start, stream as CUstream)))?;
+            Some(start)
+        } else {
+            None
+        };
+        check(real_call!(cuStreamWaitEvent(stream as CUstream, event as CUevent, 0)))?;
+        if let Some(start) = probe {
+            let end = self.timing_event()?;
+            check(real_call!(cuEventRecord(end, stream as CUstream)))?;
+            self.probes.push_back((start, end));
+        }
+        Ok(())
     }
 
     fn synchronize(&mut self, event: usize) -> Result<(), CUresult> {
@@ -152,7 +223,7 @@ fn source(tier: Tier) -> Source {
 /// table the live donor extents.
 pub fn sync(manager: &mut MemoryManager<crate::ops::RealOps>, device: u32) {
     let streaming = manager.plan().streaming;
-    if !streaming.enabled || !manager.manages(device) {
+    if !streaming.enabled || !manager.manages(device) || FAILED_TO_START.load(Ordering::Relaxed) & (1 << device) != 0 {
         return;
     }
     let Some(mut slot) = engine(device) else { return };
@@ -163,7 +234,14 @@ pub fn sync(manager: &mut MemoryManager<crate::ops::RealOps>, device: u32) {
             Ok(started) => *slot = Some(started),
             Err(code) => {
                 HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(device, code, cache = streaming.local_cache, "cannot start the migration engine (its local cache or streams): donor-tier memory is read in place");
+                FAILED_TO_START.fetch_or(1 << device, Ordering::Relaxed);
+                tracing::error!(
+                    device,
+                    code,
+                    cache = streaming.local_cache,
+                    "cannot start the migration engine (its local cache did not fit in the local budget, or its streams): \
+                     donor-tier memory is read in place for the rest of the process"
+                );
                 return;
             }
         }
@@ -213,11 +291,16 @@ pub fn snapshot() -> vvram_stats::EngineSnapshot {
     let mut out = vvram_stats::EngineSnapshot {
         launches_seen: LAUNCHES_SEEN.load(Ordering::Relaxed),
         unscanned_launches: UNSCANNED_LAUNCHES.load(Ordering::Relaxed),
+        captured_launches: CAPTURED_LAUNCHES.load(Ordering::Relaxed),
         ..Default::default()
     };
     for slot in engines() {
-        let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(device_engine) = guard.as_ref() else { continue };
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(device_engine) = guard.as_mut() else { continue };
+        let transfers = device_engine.engine.transfers();
+        transfers.read_probes();
+        out.stall_ns += transfers.stall_ns;
+        out.stall_probes += transfers.stall_probes;
         let engine = &device_engine.engine;
         let c = engine.counters();
         let p = engine.predictor();

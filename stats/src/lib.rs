@@ -58,6 +58,8 @@ pub struct EngineSnapshot {
     pub launches_seen: u64,
     /// Launches whose parameters could not be scanned (no parameter layout).
     pub unscanned_launches: u64,
+    /// Launches referencing donor memory captured into a graph (not translated).
+    pub captured_launches: u64,
     /// Launches that referenced donor-tier memory.
     pub donor_launches: u64,
     /// Of those, launches with every donor reference translated to a staged copy.
@@ -67,6 +69,12 @@ pub struct EngineSnapshot {
     /// Translated references whose copy was still in flight when the kernel was issued
     /// (the kernel's stream waited for it).
     pub waited_references: u64,
+    /// Time kernels' streams waited for staging copies (nanoseconds), over the probes
+    /// read: a kernel issued while its copy was in flight is timed while fewer than 64
+    /// such probes are unread.
+    pub stall_ns: u64,
+    /// Waits timed.
+    pub stall_probes: u64,
     /// Bytes staged from host memory.
     pub staged_host_bytes: u64,
     /// Bytes staged from peer GPUs.

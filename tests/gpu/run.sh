@@ -52,7 +52,7 @@ if [ -f "$bin/libvvram.so" ]; then
     check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$streaming" "$bin/cuda-exercise" "$scenario"
   done
   sed -i 's/4KiB/1MiB/' "$streaming"
-  for scenario in engine-struct engine-extra engine-cooperative engine-kernel engine-thread; do
+  for scenario in engine-struct engine-extra engine-cooperative engine-graph engine-kernel engine-thread; do
     check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$streaming" "$bin/cuda-exercise" "$scenario"
   done
   policy=$(mktemp --suffix=.toml)

@@ -74,18 +74,20 @@ pub fn render(s: &Snapshot) -> String {
     if e.engines > 0 {
         let rate = |part: u64, whole: u64| if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 };
         out += &format!(
-            "\nmigration engine: launches seen {}, with donor memory {}, translated {}, read in place {}, unscanned {}, graph {}\n",
-            e.launches_seen, e.donor_launches, e.translated_launches, e.missed_launches, e.unscanned_launches, e.graph_launches
+            "\nmigration engine: launches seen {}, with donor memory {}, translated {}, read in place {}, unscanned {}, captured {}, graph {}\n",
+            e.launches_seen, e.donor_launches, e.translated_launches, e.missed_launches, e.unscanned_launches, e.captured_launches, e.graph_launches
         );
         out += &format!(
-            "  staged from host {}, from peers {}, written back {}; copies ahead {}, on demand {}, dropped {}; kernels that waited for a copy {}\n",
+            "  staged from host {}, from peers {}, written back {}; copies ahead {}, on demand {}, dropped {}; kernels issued before their copy finished {} (stalled {:.1} ms over {} timed)\n",
             format_size(e.staged_host_bytes),
             format_size(e.staged_peer_bytes),
             format_size(e.written_back_bytes),
             e.prefetch_copies,
             e.demand_copies,
             e.dropped_copies,
-            e.waited_references
+            e.waited_references,
+            e.stall_ns as f64 / 1e6,
+            e.stall_probes
         );
         out += &format!(
             "  predictor: period {} launches{}, {:.1}% of {} predicted right; cache {} of {} ({} copies) {}\n",

@@ -258,10 +258,11 @@ impl Stats {
         let e = &self.read()?["engine"];
         if e["engines"].as_u64().unwrap_or(0) > 0 {
             println!(
-                "engine translated {}/{} launches, missed {}, staged {} MiB, written back {} MiB, period {}, predicted right {}/{}",
+                "engine translated {}/{} launches, missed {}, staged {} MiB, written back {} MiB, period {}, predicted right {}/{}, stalled {:.1} ms over {} timed waits",
                 e["translated_launches"], e["donor_launches"], e["missed_launches"],
                 e["staged_host_bytes"].as_u64().unwrap_or(0) >> 20, e["written_back_bytes"].as_u64().unwrap_or(0) >> 20,
-                e["period"], e["predicted_right"], e["predicted"]
+                e["period"], e["predicted_right"], e["predicted"],
+                e["stall_ns"].as_u64().unwrap_or(0) as f64 / 1e6, e["stall_probes"]
             );
         }
         Ok(())

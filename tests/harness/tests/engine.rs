@@ -34,6 +34,7 @@ fn ten_thousand_steps_of_async_kernels_are_exact_with_every_launch_translated() 
     assert_eq!(stats["errors"], 0, "{stats}");
     assert!(stats["engine"]["prefetch_copies"].as_u64().unwrap() > 50_000, "{stats}");
     assert!(stats["engine"]["written_back_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["engine"]["stall_probes"].as_u64().unwrap() > 0, "kernels issued before their copy finished are timed: {stats}");
 }
 
 #[test]
@@ -41,6 +42,15 @@ fn weights_patched_between_sampling_runs_give_the_patched_results() {
     let (stdout, stats) = passes(&exercise(&["engine-patch"], POLICY, &[]));
     assert!(stdout.contains("ok: weights patched in place"), "{stdout}");
     assert_eq!(stats["errors"], 0, "{stats}");
+    assert!(stats["engine"]["dropped_copies"].as_u64().unwrap() >= 1, "{stats}");
+}
+
+#[test]
+fn a_graph_launch_is_correct_and_counted() {
+    let (stdout, stats) = passes(&exercise(&["engine-graph"], &POLICY.replace("4KiB", "1MiB"), &[]));
+    assert!(stdout.contains("ok: a graph launch reads what translated kernels wrote"), "{stdout}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+    assert_eq!(stats["engine"]["captured_launches"], 2, "{stats}");
     assert!(stats["engine"]["dropped_copies"].as_u64().unwrap() >= 1, "{stats}");
 }
 

@@ -239,6 +239,44 @@ pub fn cooperative(s: &Session) -> Checked {
     })
 }
 
+/// A graph launch is not translated but stays correct: a kernel writes a weight through
+/// the translated pointer, a captured graph then reads the weight (it sees the write,
+/// written back first) and scales it, and a launch after the graph sees what the graph
+/// wrote; the captured launches and the graph launch are counted.
+pub fn graph(s: &Session) -> Checked {
+    let control = Control::find()?;
+    const N: usize = 256;
+    let w = weight(s, &control, N, 1.0)?;
+    let out = alloc(s, 4)?;
+    s.write_f32(out, &[0.0])?;
+    let scale = |stream: CUstream, factor: f32| s.launch("scale_f32", stream, &mut [&mut w.to_ne_bytes(), &mut factor.to_ne_bytes(), &mut (N as u64).to_ne_bytes()], N);
+    scale(std::ptr::null_mut(), 3.0)?;
+    synchronize(s)?;
+    let captured = stream(s)?;
+    cu!(s.cuda, cuStreamBeginCapture_v2(captured, CU_STREAM_CAPTURE_MODE_RELAXED))?;
+    sum(s, captured, w, out, N)?;
+    scale(captured, 2.0)?;
+    let mut graph = std::ptr::null_mut();
+    cu!(s.cuda, cuStreamEndCapture(captured, &mut graph))?;
+    let mut exec = std::ptr::null_mut();
+    cu!(s.cuda, cuGraphInstantiateWithFlags(&mut exec, graph, 0))?;
+    cu!(s.cuda, cuGraphLaunch(exec, captured))?;
+    cu!(s.cuda, cuStreamSynchronize(captured))?;
+    let got = s.read_f32(out, 1)?[0];
+    ensure(got == 3.0 * N as f32, || format!("the graph summed {got}, expected {} (the kernel's write through the staged copy)", 3 * N))?;
+    s.write_f32(out, &[0.0])?;
+    sum(s, std::ptr::null_mut(), w, out, N)?;
+    synchronize(s)?;
+    let got = s.read_f32(out, 1)?[0];
+    ensure(got == 6.0 * N as f32, || format!("after the graph a launch summed {got}, expected {} (the graph's write)", 6 * N))?;
+    cu!(s.cuda, cuGraphExecDestroy(exec))?;
+    cu!(s.cuda, cuGraphDestroy(graph))?;
+    let graphs = engine_stat(&control, "graph_launches")?;
+    ensure(graphs == 1, || format!("graph launches counted: {graphs}"))?;
+    println!("ok: a graph launch reads what translated kernels wrote, later launches see what it wrote, and it is counted");
+    print_engine_stats(&control)
+}
+
 /// A launch from a second thread, on another stream, is translated.
 pub fn second_thread(s: &Session) -> Checked {
     reads_the_copy(s, "launch from a second thread on its own stream", |w, out, n| {
