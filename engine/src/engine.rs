@@ -236,12 +236,6 @@ impl<T: Transfers> Engine<T> {
         self.extents.iter().map(|(base, e)| (*base, e.len))
     }
 
-    /// The extent holding `address`, as `(base, end)`.
-    pub fn extent_of(&self, address: u64) -> Option<(u64, u64)> {
-        let (&base, extent) = self.extents.range(..=address).next_back()?;
-        (address < base + extent.len).then_some((base, base + extent.len))
-    }
-
     /// Before a launch on `stream` that references the donor extents with these bases:
     /// stages what is not staged yet (if the cache can take it), makes the stream wait for
     /// every copy it will read, and fills `out` with one [`Translation`] per reference.

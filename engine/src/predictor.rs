@@ -42,8 +42,6 @@ pub struct PredictorState {
     pub predicted: u64,
     /// Of those, how many were predicted right.
     pub hits: u64,
-    /// Distinct signatures seen.
-    pub signatures: u64,
 }
 
 /// Learns the sequence of launch signatures and predicts what comes next.
@@ -164,11 +162,6 @@ impl Predictor {
         }
     }
 
-    /// Whether the extent has been referenced by any launch so far.
-    pub fn used(&self, extent: u64) -> bool {
-        self.first_use.contains_key(&extent)
-    }
-
     /// Period, lock and hit rate.
     pub fn state(&self) -> PredictorState {
         PredictorState {
@@ -176,7 +169,6 @@ impl Predictor {
             locked: self.period.is_some_and(|p| self.matched >= p.min(LOCK_AFTER)),
             predicted: self.predicted,
             hits: self.hits,
-            signatures: self.signatures.len() as u64,
         }
     }
 }
@@ -264,7 +256,6 @@ mod tests {
         let mut out = Vec::new();
         p.after_in_first_use_order(&[5], 2, &mut out);
         assert_eq!(out, vec![3, 7]);
-        assert!(p.used(7) && !p.used(8));
     }
 
     #[test]

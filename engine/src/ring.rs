@@ -34,15 +34,6 @@ impl Ring {
         Ring { capacity, head: 0, residents: VecDeque::new() }
     }
 
-    /// Bytes of the cache.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
-    /// Bytes held by residents.
-    pub fn occupied(&self) -> u64 {
-        self.residents.iter().map(|s| s.len).sum()
-    }
 
     /// Where a copy of `len` bytes would go, and the residents it would displace, or
     /// `None` when it cannot fit or `evictable` refuses a resident in the way. Nothing
@@ -84,10 +75,6 @@ impl Ring {
         self.residents.remove(index)
     }
 
-    /// Residents, oldest first.
-    pub fn residents(&self) -> impl Iterator<Item = &Slot> {
-        self.residents.iter()
-    }
 }
 
 #[cfg(test)]
@@ -107,11 +94,11 @@ mod tests {
         assert_eq!(stage(&mut ring, 1000, 1), (0, vec![]));
         assert_eq!(stage(&mut ring, 1024, 2), (1024, vec![]));
         assert_eq!(stage(&mut ring, 2048, 3), (2048, vec![]));
-        assert_eq!(ring.occupied(), 4096);
+        assert_eq!(ring.residents.iter().map(|s| s.len).sum::<u64>(), 4096);
         assert_eq!(stage(&mut ring, 1500, 4), (0, vec![1, 2]));
         assert_eq!(stage(&mut ring, 512, 5), (1536, vec![]));
         assert_eq!(stage(&mut ring, 1024, 6), (2048, vec![3]));
-        assert_eq!(ring.residents().map(|s| s.extent).collect::<Vec<_>>(), vec![4, 5, 6]);
+        assert_eq!(ring.residents.iter().map(|s| s.extent).collect::<Vec<_>>(), vec![4, 5, 6]);
     }
 
     #[test]
