@@ -415,10 +415,8 @@ impl<T: Transfers> Engine<T> {
         let source = self.settings.cache_base + staged.slot.offset;
         let written = self.transfers.write_back(staged.base, source, staged.len, &after)?;
         self.counters.written_back_bytes += staged.len;
-        if let Some(extent) = self.extents.get_mut(&staged.base) {
-            if let Some(old) = extent.fence.replace(written) {
-                self.transfers.release(old);
-            }
+        if let Some(old) = self.extents.get_mut(&staged.base).and_then(|extent| extent.fence.replace(written)) {
+            self.transfers.release(old);
         }
         Ok(written)
     }

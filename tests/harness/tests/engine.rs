@@ -23,7 +23,7 @@ fn exercise(scenario: &[&str], policy: &str, env: &[(&str, &str)]) -> Output {
 fn passes(out: &Output) -> (String, serde_json::Value) {
     assert!(out.status.success(), "{}", describe(out));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stats = stdout.lines().filter_map(|l| l.strip_prefix("stats: ")).last().map(|l| serde_json::from_str(l).unwrap()).unwrap_or_default();
+    let stats = stdout.lines().filter_map(|l| l.strip_prefix("stats: ")).next_back().map(|l| serde_json::from_str(l).unwrap()).unwrap_or_default();
     (stdout, stats)
 }
 
