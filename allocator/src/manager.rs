@@ -745,6 +745,7 @@ impl<D: Driver> MemoryManager<D> {
         match self.take_physical(space, &order, request.size, &mut Vec::new(), Some(&mut create)) {
             Ok((tier, handle)) => {
                 self.app_handles.insert(handle, AppHandle { device: request.device, tier, size: request.size });
+                self.spaces[space].allocations += 1;
                 self.counters.allocations += 1;
                 Ok(handle)
             }
@@ -764,10 +765,12 @@ impl<D: Driver> MemoryManager<D> {
     /// The caller releases it with the driver.
     pub fn forget_application_handle(&mut self, handle: Handle) -> bool {
         let Some(app) = self.app_handles.remove(&handle) else { return false };
-        if let Some(space) = self.spaces.iter_mut().find(|s| s.device == app.device)
-            && let Some(used) = space.used.get_mut(&app.tier) {
+        if let Some(space) = self.spaces.iter_mut().find(|s| s.device == app.device) {
+            space.allocations -= 1;
+            if let Some(used) = space.used.get_mut(&app.tier) {
                 *used -= app.size;
             }
+        }
         self.counters.frees += 1;
         true
     }

@@ -225,11 +225,14 @@ fn application_created_memory_follows_the_rules() {
     let host = m.create_for_application(request(20 * MIB), |at| driver.create(20 * MIB, at)).unwrap();
     assert_eq!(driver.used(Location::Host), 20 * MIB);
     assert_eq!(used(&m, Tier::Local), 60 * MIB);
+    assert_eq!(m.usage(0).unwrap().allocations, 2, "the application's handles are live allocations");
     assert!(m.forget_application_handle(host));
     assert!(!m.forget_application_handle(host));
     assert_eq!(used(&m, Tier::Host), 0);
+    assert_eq!(m.usage(0).unwrap().allocations, 1);
     driver.release(host).unwrap();
     assert!(m.forget_application_handle(local));
+    assert_eq!(m.usage(0).unwrap().allocations, 0);
     driver.release(local).unwrap();
 }
 

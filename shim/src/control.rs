@@ -113,7 +113,15 @@ pub unsafe extern "C" fn vvram_set_tag(tag: *const c_char) -> c_int {
 /// ends the process: a policy that does not fit the machine shows as `policy_error`.
 pub fn snapshot() -> Snapshot {
     let mut state = state();
-    let policy_error = state.try_manager().err();
+    let policy_error = match state.try_manager() {
+        // Stream-ordered frees whose stream has passed them are no longer placed.
+        Ok(Some(manager)) => {
+            manager.reclaim();
+            None
+        }
+        Ok(None) => None,
+        Err(error) => Some(error),
+    };
     let manager = state.manager.as_ref();
     let devices = manager
         .map(|m| {

@@ -262,7 +262,11 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
             return code;
         }
         let virtual_info = current_device().ok().and_then(|device| {
-            state().manager().and_then(|m| m.memory_info(device, physical_free as u64, physical_total as u64))
+            state().manager().and_then(|m| {
+                // Stream-ordered frees whose stream has passed them count as free.
+                m.reclaim();
+                m.memory_info(device, physical_free as u64, physical_total as u64)
+            })
         });
         let (f, t) = virtual_info.unwrap_or((physical_free as u64, physical_total as u64));
         unsafe {
