@@ -164,15 +164,6 @@ pub unsafe extern "C" fn cuGetExportTable(table_out: *mut *const c_void, id: *co
 
 // ---------------------------------------------------------------- runtime interface
 
-/// Says once that the fake cannot load an application's GPU code.
-fn refuse_fat_binary() -> CUresult {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if !SAID.swap(true, Ordering::Relaxed) {
-        eprintln!("fakecuda: a fat binary (compiled GPU code) cannot be loaded: the fake runs no SASS; its kernels fail with CUDA_ERROR_NO_BINARY_FOR_GPU");
-    }
-    result::NO_BINARY_FOR_GPU
-}
-
 unsafe extern "C" fn load_fat_binary(module: *mut CUmodule, _wrapper: *const c_void) -> CUresult {
     if module.is_null() { result::INVALID_VALUE } else { refuse_fat_binary() }
 }

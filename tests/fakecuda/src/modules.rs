@@ -28,9 +28,29 @@ fn kernel_of(handle: *mut c_void) -> Result<(Kernel, bool), CUresult> {
     if offset < 2 * count { Ok((kernels::ALL[offset % count], offset >= count)) } else { Err(result::INVALID_HANDLE) }
 }
 
+/// The first word of a fat binary (`FATBIN_MAGIC`) and of its wrapper (`FATBINC_MAGIC`).
+const FAT_BINARY_MAGICS: [u32; 2] = [0xBA55_ED50, 0x4662_43B1];
+
+/// Refuses an application's compiled GPU code (a fat binary of SASS, such as PyTorch's
+/// kernels), saying so once on stderr: the fake runs only its built-in kernels.
+pub(crate) fn refuse_fat_binary() -> CUresult {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "fakecuda: a fat binary (compiled GPU code) cannot be loaded: the fake driver runs no SASS, only its built-in kernels; \
+             launches of its kernels fail with CUDA_ERROR_NO_BINARY_FOR_GPU"
+        );
+    }
+    result::NO_BINARY_FOR_GPU
+}
+
 unsafe fn load_image(image: *const c_void) -> Result<usize, CUresult> {
     if image.is_null() {
         return Err(result::INVALID_VALUE);
+    }
+    // SAFETY: every image starts with at least a 4-byte header or PTX text.
+    if FAT_BINARY_MAGICS.contains(&unsafe { (image as *const u32).read_unaligned() }) {
+        return Err(refuse_fat_binary());
     }
     let text = unsafe { CStr::from_ptr(image as *const c_char) }.to_bytes();
     let kernels = kernels::declared_in(text);
