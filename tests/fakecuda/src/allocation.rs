@@ -48,9 +48,9 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         let device = current_device()?;
         capture::forbid_context_sync(device)?;
         stream::synchronize_device(device);
-        memory::free(dptr)?;
+        // The pool forgets the address before it can be handed out again.
         pools::note_free(dptr);
-        Ok(())
+        memory::free(dptr)
     })
 }
 
@@ -79,9 +79,8 @@ fn free_async(dptr: CUdeviceptr, stream: CUstream, per_thread: bool) -> Outcome 
     current_device()?;
     memory::allocation_containing(dptr).filter(|(base, _)| *base == dptr).ok_or(result::INVALID_VALUE)?;
     submit(&stream_of(stream, per_thread)?, false, move || {
-        if memory::free(dptr).is_ok() {
-            pools::note_free(dptr);
-        }
+        pools::note_free(dptr);
+        let _ = memory::free(dptr);
     })
 }
 

@@ -61,7 +61,9 @@ pub(crate) fn note_allocation(device: usize, address: u64, bytes: u64) {
     pool.used_high = pool.used_high.max(pool.used);
 }
 
-/// Records that an allocation went back; addresses the pools did not serve are ignored.
+/// Records that an allocation goes back, before its memory is freed (so that a new
+/// allocation at the same address is never mistaken for it); addresses the pools did not
+/// serve are ignored.
 pub(crate) fn note_free(address: u64) {
     for pool in pools().lock().unwrap().iter_mut() {
         if let Some(bytes) = pool.live.remove(&address) {
