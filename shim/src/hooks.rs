@@ -323,6 +323,8 @@ unsafe fn own_attribute(info: &AllocationInfo, attribute: c_int, data: *mut c_vo
             CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => write(data as *mut c_int, info.device as c_int),
             CU_POINTER_ATTRIBUTE_MEMORY_TYPE => write(data as *mut c_uint, CU_MEMORYTYPE_DEVICE),
             CU_POINTER_ATTRIBUTE_IS_MANAGED => write(data as *mut c_uint, 0),
+            // Its chunks are the shim's, made without shareable handle types.
+            CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE => write(data as *mut c_int, 0),
             _ => return None,
         })
     }

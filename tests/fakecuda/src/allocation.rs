@@ -119,14 +119,14 @@ pub unsafe extern "C" fn cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *
 unsafe fn pointer_attribute(data: *mut c_void, attribute: c_int, ptr: CUdeviceptr) -> Outcome {
     // Host-located VMM memory is HOST to pointer queries (the driver's answer, which Open
     // MPI's PR 12751 relies on), although the CPU may not touch it without access.
-    let (start, len, device, id, kind) = if let Some((start, a)) = memory::allocation_containing(ptr) {
-        (start, a.size, a.device, a.id, CU_MEMORYTYPE_DEVICE)
+    let (start, len, device, id, kind, ipc) = if let Some((start, a)) = memory::allocation_containing(ptr) {
+        (start, a.size, a.device, a.id, CU_MEMORYTYPE_DEVICE, 1)
     } else if let Some((start, m)) = memory::mapping_containing(ptr) {
         let (device, kind) = match m.place {
             Place::Device(d) => (d, CU_MEMORYTYPE_DEVICE),
             Place::Host => (current_device()?, CU_MEMORYTYPE_HOST),
         };
-        (start, m.size, device, m.handle, kind)
+        (start, m.size, device, m.handle, kind, 0)
     } else {
         return Err(result::INVALID_VALUE);
     };
@@ -138,6 +138,7 @@ unsafe fn pointer_attribute(data: *mut c_void, attribute: c_int, ptr: CUdevicept
             CU_POINTER_ATTRIBUTE_HOST_POINTER => out(data as *mut u64, 0),
             CU_POINTER_ATTRIBUTE_BUFFER_ID => out(data as *mut u64, id),
             CU_POINTER_ATTRIBUTE_IS_MANAGED => out(data as *mut c_int, 0),
+            CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE => out(data as *mut c_int, ipc),
             CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => out(data as *mut c_int, device as c_int),
             CU_POINTER_ATTRIBUTE_RANGE_START_ADDR => out(data as *mut u64, start),
             CU_POINTER_ATTRIBUTE_RANGE_SIZE => out(data as *mut usize, len as usize),

@@ -319,6 +319,9 @@ fn redirected_memory_stays_device_memory(s: &Session, control: &Control, piece: 
     let mut ipc = [0u8; 64];
     let code = s.cuda.api.cuIpcGetMemHandle.map_or(0, |f| unsafe { f(&mut ipc, on_host) });
     ensure(code == result::INVALID_VALUE, || format!("cuIpcGetMemHandle on vvram memory gave {code}"))?;
+    let mut capable: c_int = -1;
+    cu!(s.cuda, cuPointerGetAttribute(&mut capable as *mut c_int as *mut c_void, CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE, on_host))?;
+    ensure(capable == 0, || format!("vvram memory says IS_LEGACY_CUDA_IPC_CAPABLE = {capable}"))?;
     cu!(s.cuda, cuMemUnmap(base, piece as usize))?;
     cu!(s.cuda, cuMemRelease(handle))?;
     cu!(s.cuda, cuMemAddressFree(base, piece as usize))?;
