@@ -118,11 +118,11 @@ fn cu_mem_free_waits_for_work_in_every_context() {
 
 #[test]
 fn allocations_never_wait_for_the_background_thread_s_pinning() {
-    // Pinning one 2 MiB chunk takes about a second at this rate: an allocation that had to
-    // wait for the pool filler would take that long.
-    let stdout = passes(&exercise(&["alloc-latency"], &[("FAKECUDA_PIN_GBPS", "0.002")]));
+    // Pinning one 2 MiB chunk takes about two seconds at this rate: an allocation that had
+    // to wait for the pool filler would take that long.
+    let stdout = passes(&exercise(&["alloc-latency"], &[("FAKECUDA_PIN_GBPS", "0.001")]));
     let ms: f64 = stdout.split("pinning: ").nth(1).and_then(|r| r.split(' ').next()).and_then(|v| v.parse().ok()).unwrap();
-    assert!(ms < 500.0, "an allocation waited {ms} ms while host memory was pinned: {stdout}");
+    assert!(ms < 1000.0, "an allocation waited {ms} ms while host memory was pinned: {stdout}");
 }
 
 #[test]
