@@ -57,6 +57,8 @@ pub struct Mapping {
     pub place: Place,
     /// Where the device view maps it.
     pub device_view: u64,
+    /// The devices given access (bit per device).
+    pub devices: u64,
 }
 
 /// A `cuMemAddressReserve` range and its private device view.
@@ -112,6 +114,15 @@ fn faulting(address: u64) -> u64 {
 /// memory outside its address space.
 pub fn device_view(address: u64) -> u64 {
     device_view_of(address).unwrap_or_else(|| faulting(address))
+}
+
+/// The device view of `address` for a kernel running on `device`: an address faults
+/// where it is mapped but that device was not given access, as on a GPU.
+pub fn kernel_view(address: u64, device: usize) -> u64 {
+    match mapping_containing(address) {
+        Some((_, mapping)) if mapping.devices & (1 << device) == 0 => faulting(address),
+        _ => device_view(address),
+    }
 }
 
 /// The device view of a unified address: device memory through its view, anything else
@@ -179,7 +190,7 @@ pub fn allocate(device: usize, size: u64) -> Result<u64, CUresult> {
             return Err(code);
         }
     };
-    let mapped = map(address, charged, 0, handle).and_then(|()| set_access(address, charged, Some(READ_WRITE), None));
+    let mapped = map(address, charged, 0, handle).and_then(|()| set_access(address, charged, &[(device, READ_WRITE)], None));
     let _ = release(handle);
     if let Err(code) = mapped {
         let _ = unmap(address, charged);
@@ -355,7 +366,7 @@ pub fn map(address: u64, size: u64, offset: u64, handle: u64) -> Result<(), CUre
         }
     }
     physical.mappings += 1;
-    state.mappings.insert(address, Mapping { size, handle, place, device_view });
+    state.mappings.insert(address, Mapping { size, handle, place, device_view, devices: 0 });
     Ok(())
 }
 
@@ -426,11 +437,29 @@ pub fn places(address: u64, size: u64) -> Result<Vec<Place>, CUresult> {
     Ok(places)
 }
 
-/// `cuMemSetAccess` once checked: the devices' protection goes to the device view, the
-/// CPU's to the application's range; `None` leaves that side as it was.
-pub fn set_access(address: u64, size: u64, device: Option<i32>, cpu: Option<i32>) -> Result<(), CUresult> {
+/// `cuMemSetAccess` once checked: each device's grant (a protection, `PROT_NONE` to
+/// revoke) is recorded per mapping and opens or closes the device view; the CPU's goes to
+/// the application's range; `None` leaves the CPU side as it was.
+pub fn set_access(address: u64, size: u64, devices: &[(usize, i32)], cpu: Option<i32>) -> Result<(), CUresult> {
     places(address, size)?;
     let view = device_view_of(address).ok_or(result::INVALID_VALUE)?;
+    let mut device = None;
+    if !devices.is_empty() {
+        let mut state = state().lock().unwrap();
+        let mut anyone = false;
+        for (_, mapping) in state.mappings.range_mut(..address + size).rev().take_while(|(base, m)| **base + m.size > address) {
+            for &(d, protection) in devices {
+                if protection == libc::PROT_NONE { mapping.devices &= !(1 << d) } else { mapping.devices |= 1 << d }
+            }
+            anyone |= mapping.devices != 0;
+        }
+        let granted = devices.iter().fold(libc::PROT_NONE, |p, (_, g)| p | g);
+        device = match (granted, anyone) {
+            (_, false) => Some(libc::PROT_NONE),
+            (libc::PROT_NONE, true) => None,
+            (granted, true) => Some(granted),
+        };
+    }
     for (at, protection) in [(view, device), (address, cpu)] {
         if let Some(protection) = protection {
             // SAFETY: the range is mapped by us throughout.

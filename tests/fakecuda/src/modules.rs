@@ -182,14 +182,14 @@ unsafe fn pack_params(kernel: Kernel, params: *mut *mut c_void, extra: *mut *mut
 }
 
 unsafe fn launch(function: CUfunction, stream: CUstream, per_thread: bool, params: *mut *mut c_void, extra: *mut *mut c_void) -> Outcome {
-    current_device()?;
+    let device = current_device()?;
     let (kernel, _) = kernel_of(function)?;
     let mut packed = unsafe { pack_params(kernel, params, extra)? };
     let time = timing::kernel_time(kernel, &packed, config().kernel_us);
     // The kernel reaches memory as a GPU does: through the device view only.
     for &offset in kernel.pointer_offsets() {
         let word = u64::from_ne_bytes(packed[offset..offset + 8].try_into().map_err(|_| result::UNKNOWN)?);
-        packed[offset..offset + 8].copy_from_slice(&memory::device_view(word).to_ne_bytes());
+        packed[offset..offset + 8].copy_from_slice(&memory::kernel_view(word, device).to_ne_bytes());
     }
     submit(&stream_of(stream, per_thread)?, false, move || {
         // SAFETY: the kernel's addresses are device views; a bad one faults, as on a GPU.

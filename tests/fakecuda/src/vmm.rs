@@ -101,7 +101,7 @@ pub unsafe extern "C" fn cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *co
         let descs = unsafe { std::slice::from_raw_parts(desc, count) };
         let places = memory::places(ptr, size as u64)?;
         let config = config();
-        let (mut device, mut cpu) = (None, None);
+        let (mut device, mut cpu) = (Vec::new(), None);
         for d in descs {
             let granted = protection(d.flags)?;
             match d.location.type_ {
@@ -114,7 +114,7 @@ pub unsafe extern "C" fn cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *co
                     if !reachable {
                         return Err(result::INVALID_DEVICE);
                     }
-                    device = Some(device.unwrap_or(libc::PROT_NONE) | granted);
+                    device.push((me, granted));
                 }
                 kind @ (CU_MEM_LOCATION_TYPE_HOST_NUMA | CU_MEM_LOCATION_TYPE_HOST) => {
                     if !config.host_access.contains(&kind) || places.iter().any(|p| *p != Place::Host) {
@@ -125,7 +125,7 @@ pub unsafe extern "C" fn cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *co
                 _ => return Err(result::INVALID_VALUE),
             }
         }
-        memory::set_access(ptr, size as u64, device, cpu)
+        memory::set_access(ptr, size as u64, &device, cpu)
     })
 }
 

@@ -75,6 +75,13 @@ fn contexts_synchronise_separately_and_cuda_13_variants_take_a_context() {
 }
 
 #[test]
+fn a_kernel_faults_on_memory_its_device_was_not_given() {
+    let out = exercise(&["kernel-without-access"], &[]);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("only device 0 may access"), "{}", describe(&out));
+}
+
+#[test]
 fn the_driver_s_refusals_are_the_fake_s() {
     assert!(passes(&["refusals"], &[]).contains("ok: cuMemCreate and cuMemSetAccess refuse"));
     let stdout = passes(&["refusals"], &[("FAKECUDA_PEERS", "none")]);

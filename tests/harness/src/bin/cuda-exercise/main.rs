@@ -539,6 +539,21 @@ fn capture_rules(s: &Session) -> Checked {
     Ok(())
 }
 
+/// A kernel on GPU 1 writes GPU 0's memory that only GPU 0 was given access to: a GPU
+/// faults (700), the fake dies of SIGSEGV.
+fn kernel_without_access(s: &Session) -> Checked {
+    ensure(s.device_count()? >= 2, || "kernel-without-access needs two devices".into())?;
+    let (base, size, _) = mapped(s, CU_MEM_LOCATION_TYPE_DEVICE, 0)?;
+    cu!(s.cuda, cuMemSetAccess(base, size, &access(CU_MEM_LOCATION_TYPE_DEVICE, 0), 1))?;
+    let mut there = std::ptr::null_mut();
+    cu!(s.cuda, cuDevicePrimaryCtxRetain(&mut there, 1))?;
+    cu!(s.cuda, cuCtxSetCurrent(there))?;
+    println!("a kernel on device 1 writes memory only device 0 may access");
+    s.fill(std::ptr::null_mut(), base, 1.0, size / 4)?;
+    let code = code!(s, cuCtxSynchronize());
+    Err(Failure(format!("the kernel ran without access (synchronize gave {code})")))
+}
+
 /// Host-located `cuMemCreate` costs what pinning costs (FAKECUDA_PIN_GBPS on the fake).
 fn pin_cost(s: &Session) -> Checked {
     let size = 64 * MIB;
@@ -589,6 +604,7 @@ fn run(args: &[String]) -> Checked {
         "cpu-touch" => cpu_touch(&s, args.get(1).map_or("", String::as_str))?,
         "pin-cost" => pin_cost(&s)?,
         "capture-rules" => capture_rules(&s)?,
+        "kernel-without-access" => kernel_without_access(&s)?,
         "spread" => shim::spread(&s)?,
         "threads" => shim::threads(&s)?,
         "h2d" => shim::h2d(&s)?,
@@ -616,7 +632,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, capture-rules, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools, capture; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-graph, engine-kernel, engine-thread"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, capture-rules, kernel-without-access, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools, capture; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-graph, engine-kernel, engine-thread"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())
