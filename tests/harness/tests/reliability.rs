@@ -94,7 +94,7 @@ fn eight_threads_of_mixed_operations_leak_nothing() {
 
 #[test]
 fn a_copy_racing_a_free_never_writes_into_the_next_allocation() {
-    let out = torture(POLICY, "256MiB", &["race", "12"], &[("FAKECUDA_KERNEL_US", "40000")]);
+    let out = torture(POLICY, "256MiB", &["race", "12"], &[("FAKECUDA_KERNEL_US", "300000")]);
     let line = figures(&out, "race:");
     assert_eq!(field(&line, "corrupted"), "0", "{line}");
 }

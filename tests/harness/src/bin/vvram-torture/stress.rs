@@ -202,6 +202,12 @@ pub fn stress(threads: u64, ops: u64, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// How long one fake kernel runs (`FAKECUDA_KERNEL_US`; 60 ms when unset).
+fn kernel_time() -> std::time::Duration {
+    let micros = std::env::var("FAKECUDA_KERNEL_US").ok().and_then(|v| v.parse().ok()).unwrap_or(60_000);
+    std::time::Duration::from_micros(micros)
+}
+
 /// Queues a kernel on the legacy stream (slow with `FAKECUDA_KERNEL_US`): copies and
 /// frees that synchronise wait for it, which holds the race window open.
 fn queue_kernel(env: &Env, function: CUfunction, p: u64) -> Result<(), String> {
@@ -258,8 +264,9 @@ pub fn copy_racing_free(rounds: u64) -> Result<(), String> {
             while started.load(Ordering::Acquire) != round {
                 std::hint::spin_loop();
             }
-            // Let the copy look its destination up and start waiting for the kernel.
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            // Let the copy look its destination up and start waiting for the kernel (a
+            // third of the kernel's time, so that a loaded machine still orders it first).
+            std::thread::sleep(kernel_time() / 3);
             if env.free(x) != result::SUCCESS {
                 return Err("freeing during the copy failed".into());
             }
