@@ -466,6 +466,7 @@ driver_api! {
     cuIpcGetMemHandle: fn(handle: *mut CUipcMemHandle, dptr: CUdeviceptr);
     cuModuleLoadData: fn(module: *mut CUmodule, image: *const c_void);
     cuModuleUnload: fn(module: CUmodule);
+    cuLibraryUnload: fn(library: CUlibrary);
     cuModuleGetFunction: fn(function: *mut CUfunction, module: CUmodule, name: *const c_char);
     cuLibraryLoadData: fn(library: *mut CUlibrary, code: *const c_void, jit_options: *mut c_int, jit_values: *mut *mut c_void, jit_count: c_uint, library_options: *mut c_int, library_values: *mut *mut c_void, library_count: c_uint);
     cuLibraryGetKernel: fn(kernel: *mut CUkernel, library: CUlibrary, name: *const c_char);

@@ -140,6 +140,7 @@ variants![
     ("cuIpcGetMemHandle", "cuIpcGetMemHandle", 4010, NEWEST),
     ("cuModuleLoadData", "cuModuleLoadData", 2000, NEWEST),
     ("cuModuleUnload", "cuModuleUnload", 2000, NEWEST),
+    ("cuLibraryUnload", "cuLibraryUnload", 12000, NEWEST),
     ("cuModuleGetFunction", "cuModuleGetFunction", 2000, NEWEST),
     ("cuLibraryLoadData", "cuLibraryLoadData", 12000, NEWEST),
     ("cuLibraryGetKernel", "cuLibraryGetKernel", 12000, NEWEST),

@@ -68,6 +68,8 @@ hook_table!(
     cuLaunchCooperativeKernel_ptsz,
     cuGraphLaunch,
     cuGraphLaunch_ptsz,
+    cuModuleUnload,
+    cuLibraryUnload,
     cuMemcpyDtoH_v2,
     cuMemcpyDtoH_v2_ptds,
     cuMemcpyDtoHAsync_v2,

@@ -12,7 +12,7 @@ pub use crate::coherence::{
 use crate::coherence::{around, before_cpu_write};
 pub use crate::launch::{
     cuGraphLaunch, cuGraphLaunch_ptsz, cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz, cuLaunchKernel, cuLaunchKernel_ptsz,
-    cuLaunchKernelEx, cuLaunchKernelEx_ptsz,
+    cuLaunchKernelEx, cuLaunchKernelEx_ptsz, cuLibraryUnload, cuModuleUnload,
 };
 use crate::ops::mem_location;
 use crate::real_call;

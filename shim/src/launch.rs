@@ -37,6 +37,10 @@ struct LayoutSlot {
     layout: AtomicPtr<Layout>,
 }
 
+/// Bumped when a module or library is unloaded: its function handles may be reused by
+/// another kernel with another layout, so older cache entries no longer match.
+static LAYOUT_GENERATION: AtomicUsize = AtomicUsize::new(0);
+
 static LAYOUTS: [LayoutSlot; LAYOUT_SLOTS] =
     [const { LayoutSlot { function: AtomicUsize::new(0), layout: AtomicPtr::new(std::ptr::null_mut()) } }; LAYOUT_SLOTS];
 
@@ -81,7 +85,10 @@ fn query_layout(function: CUfunction) -> Layout {
 /// The cached parameter layout of `function`; `None` when the driver gives none (or the
 /// cache is full: such launches are counted as unscanned).
 fn layout_of(function: CUfunction) -> Option<&'static [u32]> {
-    let key = function as usize;
+    if function.is_null() {
+        return None;
+    }
+    let key = function as usize ^ (LAYOUT_GENERATION.load(Ordering::Acquire) << 52);
     let hash = (key >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 50;
     for probe in 0..PROBES {
         let slot = &LAYOUTS[(hash + probe) % LAYOUT_SLOTS];
@@ -338,6 +345,25 @@ macro_rules! launch_cooperative {
 
 launch_cooperative!(cuLaunchCooperativeKernel, false);
 launch_cooperative!(cuLaunchCooperativeKernel_ptsz, true);
+
+/// Unloading a module or library retires the cached parameter layouts of its functions.
+fn unload(issue: impl FnOnce() -> CUresult) -> CUresult {
+    let code = issue();
+    if code == result::SUCCESS {
+        LAYOUT_GENERATION.fetch_add(1, Ordering::AcqRel);
+    }
+    code
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleUnload(module: CUmodule) -> CUresult {
+    guard("cuModuleUnload", || unload(|| real_call!(cuModuleUnload(module))))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryUnload(library: CUlibrary) -> CUresult {
+    guard("cuLibraryUnload", || unload(|| real_call!(cuLibraryUnload(library))))
+}
 
 /// A graph launch is not translated: dirty staged copies are written back before it and
 /// every staged copy is dropped after it (it may write donor extents).

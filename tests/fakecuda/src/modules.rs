@@ -92,6 +92,11 @@ pub unsafe extern "C" fn cuModuleUnload(module: CUmodule) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryUnload(library: CUlibrary) -> CUresult {
+    entry("cuLibraryUnload", true, || modules().remove(library as usize).map(|_| ()).ok_or(result::INVALID_HANDLE))
+}
+
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleGetFunction(function: *mut CUfunction, module: CUmodule, name: *const c_char) -> CUresult {
     entry("cuModuleGetFunction", true, || unsafe { out(function, find_kernel(module, name, false)?) })
 }

@@ -121,6 +121,7 @@ fn entries() -> &'static [Entry] {
             ("cuIpcGetMemHandle", 4010, cuIpcGetMemHandle),
             ("cuModuleLoadData", 2000, cuModuleLoadData),
             ("cuModuleUnload", 2000, cuModuleUnload),
+            ("cuLibraryUnload", 12000, cuLibraryUnload),
             ("cuModuleGetFunction", 2000, cuModuleGetFunction),
             ("cuLibraryLoadData", 12000, cuLibraryLoadData),
             ("cuLibraryGetKernel", 12000, cuLibraryGetKernel),

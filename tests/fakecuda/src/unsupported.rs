@@ -254,7 +254,6 @@ unsupported!(
     ("cuLibraryGetModule", cuLibraryGetModule),
     ("cuLibraryGetUnifiedFunction", cuLibraryGetUnifiedFunction),
     ("cuLibraryLoadFromFile", cuLibraryLoadFromFile),
-    ("cuLibraryUnload", cuLibraryUnload),
     ("cuLogicalEndpointAddDevice", cuLogicalEndpointAddDevice),
     ("cuLogicalEndpointBindAddr", cuLogicalEndpointBindAddr),
     ("cuLogicalEndpointBindMem", cuLogicalEndpointBindMem),

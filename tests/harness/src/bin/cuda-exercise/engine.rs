@@ -214,19 +214,24 @@ pub fn extra_buffer(s: &Session) -> Checked {
 }
 
 /// A `CUkernel` from a library (how libcudart launches) is translated: the shim asks
-/// `cuKernelGetParamInfo` (through `cuGetProcAddress`) for its layout.
+/// `cuKernelGetParamInfo` (through `cuGetProcAddress`) for its layout; after the library
+/// is unloaded and loaded again, its kernels are still translated.
 pub fn library_kernel(s: &Session) -> Checked {
-    let mut library = std::ptr::null_mut();
-    cu!(s.cuda, cuLibraryLoadData(&mut library, ptx::MODULE.as_ptr() as *const c_void, std::ptr::null_mut(), std::ptr::null_mut(), 0, std::ptr::null_mut(), std::ptr::null_mut(), 0))?;
-    let mut kernel = std::ptr::null_mut();
-    let name = CString::new("sum_f32").unwrap_or_default();
-    cu!(s.cuda, cuLibraryGetKernel(&mut kernel, library, name.as_ptr()))?;
-    reads_the_copy(s, "CUkernel launch", |w, out, n| {
-        let (mut input, mut output, mut count) = (w, out, n as u64);
-        let mut params = [&mut input as *mut u64 as *mut c_void, &mut output as *mut u64 as *mut c_void, &mut count as *mut u64 as *mut c_void];
-        cu!(s.cuda, cuLaunchKernel(kernel, 2, 1, 1, 256, 1, 1, 0, std::ptr::null_mut(), params.as_mut_ptr(), std::ptr::null_mut()))?;
-        Ok(())
-    })
+    for round in ["CUkernel launch", "CUkernel launch after the library was reloaded"] {
+        let mut library = std::ptr::null_mut();
+        cu!(s.cuda, cuLibraryLoadData(&mut library, ptx::MODULE.as_ptr() as *const c_void, std::ptr::null_mut(), std::ptr::null_mut(), 0, std::ptr::null_mut(), std::ptr::null_mut(), 0))?;
+        let mut kernel = std::ptr::null_mut();
+        let name = CString::new("sum_f32").unwrap_or_default();
+        cu!(s.cuda, cuLibraryGetKernel(&mut kernel, library, name.as_ptr()))?;
+        reads_the_copy(s, round, |w, out, n| {
+            let (mut input, mut output, mut count) = (w, out, n as u64);
+            let mut params = [&mut input as *mut u64 as *mut c_void, &mut output as *mut u64 as *mut c_void, &mut count as *mut u64 as *mut c_void];
+            cu!(s.cuda, cuLaunchKernel(kernel, 2, 1, 1, 256, 1, 1, 0, std::ptr::null_mut(), params.as_mut_ptr(), std::ptr::null_mut()))?;
+            Ok(())
+        })?;
+        cu!(s.cuda, cuLibraryUnload(library))?;
+    }
+    Ok(())
 }
 
 /// A cooperative launch is translated.
