@@ -30,6 +30,7 @@ for what in device vmm-device vmm-host; do
 done
 if [ "$gpus" -ge 2 ]; then
   check "$bin/cuda-exercise" --door procaddress contexts
+  check "$bin/cuda-exercise" kernel-without-access
 fi
 
 if [ -f "$bin/libvvram.so" ]; then

@@ -551,7 +551,9 @@ fn kernel_without_access(s: &Session) -> Checked {
     println!("a kernel on device 1 writes memory only device 0 may access");
     s.fill(std::ptr::null_mut(), base, 1.0, size / 4)?;
     let code = code!(s, cuCtxSynchronize());
-    Err(Failure(format!("the kernel ran without access (synchronize gave {code})")))
+    ensure(code == result::ILLEGAL_ADDRESS, || format!("the kernel ran without access (synchronize gave {code})"))?;
+    println!("ok: the kernel without access faulted with CUDA_ERROR_ILLEGAL_ADDRESS");
+    Ok(())
 }
 
 /// Host-located `cuMemCreate` costs what pinning costs (FAKECUDA_PIN_GBPS on the fake).
