@@ -113,7 +113,10 @@ pub unsafe extern "C" fn vvram_set_tag(tag: *const c_char) -> c_int {
 /// ends the process: a policy that does not fit the machine shows as `policy_error`.
 pub fn snapshot() -> Snapshot {
     let mut state = state();
-    let policy_error = match state.try_manager() {
+    // A forked child reports what it inherited: asking the driver there could hang on a
+    // lock another thread of the parent held inside it at the fork.
+    let forked_child = crate::runtime::forked_child();
+    let policy_error = if forked_child { state.policy_error.clone() } else { match state.try_manager() {
         // Stream-ordered frees whose stream has passed them are no longer placed.
         Ok(Some(manager)) => {
             manager.reclaim();
@@ -121,7 +124,7 @@ pub fn snapshot() -> Snapshot {
         }
         Ok(None) => None,
         Err(error) => Some(error),
-    };
+    } };
     let manager = state.manager.as_ref();
     let devices = manager
         .map(|m| {
@@ -155,7 +158,7 @@ pub fn snapshot() -> Snapshot {
         out_of_memory: counters.out_of_memory,
         fast_h2d_bytes: counters.fast_h2d_bytes,
         errors: counters.errors + HOOK_ERRORS.load(Ordering::Relaxed),
-        engine: vvram_stats::EngineSnapshot { donor_bytes, ..crate::staging::snapshot() },
+        engine: vvram_stats::EngineSnapshot { donor_bytes, ..if forked_child { Default::default() } else { crate::staging::snapshot() } },
     }
 }
 

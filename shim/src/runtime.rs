@@ -55,7 +55,7 @@ pub fn state() -> MutexGuard<'static, State> {
 /// checker's message.
 pub extern "C" fn start() {
     // SAFETY: registering plain functions; they run in the forking thread.
-    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_in_parent), Some(after_fork_in_child)) };
     let loaded = match (std::env::var("VVRAM_POLICY"), std::env::var("VVRAM_ALLOC")) {
         (Ok(path), _) if !path.is_empty() => {
             Some(read_policy_file(&path).and_then(|text| parse_policy(&path, &text).map_err(|e| e.to_string())).map(|p| (p, path)))
@@ -121,8 +121,24 @@ extern "C" fn before_fork() {
     FORK_GUARDS.with(|held| *held.borrow_mut() = Some(guards));
 }
 
-/// After `fork`, in the parent and in the child: releases the locks taken before it.
-extern "C" fn after_fork() {
+/// Set in a child created by `fork`: the driver state it inherited is not usable there
+/// (CUDA does not survive `fork`), and locks held by the parent's other threads inside the
+/// driver stay locked, so the shim no longer calls the driver on its own behalf.
+static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process is a child created by `fork` after the shim was loaded.
+pub fn forked_child() -> bool {
+    FORKED_CHILD.load(Ordering::Relaxed)
+}
+
+/// After `fork`, in the parent: releases the locks taken before it.
+extern "C" fn after_fork_in_parent() {
+    FORK_GUARDS.with(|held| held.borrow_mut().take());
+}
+
+/// After `fork`, in the child: marks it as such and releases the locks taken before it.
+extern "C" fn after_fork_in_child() {
+    FORKED_CHILD.store(true, Ordering::Relaxed);
     FORK_GUARDS.with(|held| held.borrow_mut().take());
 }
 
