@@ -86,6 +86,31 @@ pub const MODULE: &str = concat!(
     "  add.u64 %rd3, %rd3, %rd5;\n  bra PS_LOOP;\nPS_DONE:\n  atom.global.add.f32 %f3, [%rd8], %f1;\n  ret;\n}\n\0",
 );
 
+/// A module with `tmap_sum` (Hopper's tensor memory accelerator, so sm_90 on):
+/// `*out += sum` of the first box (at coordinate 0) of a rank-1 `f32` tensor map, read
+/// with `cp.async.bulk.tensor` into shared memory; `n` is the box's element count
+/// (at most 256). NUL-terminated.
+pub const TENSOR_MAP_MODULE: &str = concat!(
+    ".version 8.0\n.target sm_90\n.address_size 64\n\n",
+    ".visible .entry tmap_sum(.param .align 64 .b8 tm_map[128], .param .u64 tm_out, .param .u32 tm_n)\n{\n",
+    "  .reg .pred %p<3>;\n  .reg .f32 %f<4>;\n  .reg .b32 %r<6>;\n  .reg .b64 %rd<8>;\n",
+    "  .shared .align 128 .b8 tm_box[1024];\n  .shared .align 8 .b64 tm_bar;\n",
+    "  mov.u32 %r1, %tid.x;\n  setp.ne.u32 %p1, %r1, 0;\n  @%p1 bra TM_DONE;\n",
+    "  mov.b64 %rd1, tm_map;\n  cvta.param.u64 %rd2, %rd1;\n",
+    "  ld.param.u64 %rd3, [tm_out];\n  ld.param.u32 %r2, [tm_n];\n  shl.b32 %r3, %r2, 2;\n",
+    "  mbarrier.init.shared::cta.b64 [tm_bar], 1;\n  fence.proxy.async.shared::cta;\n",
+    "  mbarrier.arrive.expect_tx.shared::cta.b64 %rd4, [tm_bar], %r3;\n  mov.u32 %r4, 0;\n",
+    "  cp.async.bulk.tensor.1d.shared::cluster.global.mbarrier::complete_tx::bytes [tm_box], [%rd2, {%r4}], [tm_bar];\n",
+    "TM_WAIT:\n  mbarrier.try_wait.parity.shared::cta.b64 %p2, [tm_bar], 0;\n  @!%p2 bra TM_WAIT;\n",
+    "  mov.f32 %f1, 0f00000000;\n  mov.u64 %rd5, tm_box;\n  mov.u32 %r5, 0;\n",
+    "TM_LOOP:\n  setp.ge.u32 %p2, %r5, %r2;\n  @%p2 bra TM_SUM;\n",
+    "  mul.wide.u32 %rd6, %r5, 4;\n  add.u64 %rd7, %rd5, %rd6;\n  ld.shared.f32 %f2, [%rd7];\n  add.f32 %f1, %f1, %f2;\n",
+    "  add.u32 %r5, %r5, 1;\n  bra TM_LOOP;\n",
+    "TM_SUM:\n  atom.global.add.f32 %f3, [%rd3], %f1;\n",
+    "TM_DONE:\n  ret;\n}\n\0",
+);
+
 /// Every PTX text the repository carries, by name, NUL-terminated: CI assembles each
-/// with `ptxas` for every architecture from sm_75 on (scripts/cuda-check).
-pub const ALL: &[(&str, &str)] = &[("module", MODULE)];
+/// with `ptxas` for every architecture from its `.target` (sm_75 at least) on
+/// (scripts/cuda-check).
+pub const ALL: &[(&str, &str)] = &[("module", MODULE), ("tensor_map", TENSOR_MAP_MODULE)];

@@ -316,6 +316,39 @@ pub struct CUlaunchAttribute {
     pub value: [u64; 8],
 }
 
+/// `CU_TENSOR_MAP_DATA_TYPE_FLOAT32` (`CUtensorMapDataType`): 4-byte floats.
+pub const CU_TENSOR_MAP_DATA_TYPE_FLOAT32: c_uint = 7;
+/// `CU_TENSOR_MAP_DATA_TYPE_16U6_ALIGN16B`: the last data type CUDA 13 defines.
+pub const CU_TENSOR_MAP_DATA_TYPE_16U6_ALIGN16B: c_uint = 15;
+/// `CU_TENSOR_MAP_INTERLEAVE_NONE` (`CUtensorMapInterleave`).
+pub const CU_TENSOR_MAP_INTERLEAVE_NONE: c_uint = 0;
+/// `CU_TENSOR_MAP_INTERLEAVE_32B`: the last interleave.
+pub const CU_TENSOR_MAP_INTERLEAVE_32B: c_uint = 2;
+/// `CU_TENSOR_MAP_SWIZZLE_NONE` (`CUtensorMapSwizzle`).
+pub const CU_TENSOR_MAP_SWIZZLE_NONE: c_uint = 0;
+/// `CU_TENSOR_MAP_SWIZZLE_128B_ATOM_64B`: the last swizzle.
+pub const CU_TENSOR_MAP_SWIZZLE_128B_ATOM_64B: c_uint = 6;
+/// `CU_TENSOR_MAP_L2_PROMOTION_NONE` (`CUtensorMapL2promotion`).
+pub const CU_TENSOR_MAP_L2_PROMOTION_NONE: c_uint = 0;
+/// `CU_TENSOR_MAP_L2_PROMOTION_L2_256B`: the last promotion.
+pub const CU_TENSOR_MAP_L2_PROMOTION_L2_256B: c_uint = 3;
+/// `CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE` (`CUtensorMapFloatOOBfill`).
+pub const CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE: c_uint = 0;
+/// `CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA`: the last fill.
+pub const CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA: c_uint = 1;
+
+/// 64-bit words of a `CUtensorMap`.
+pub const CU_TENSOR_MAP_NUM_QWORDS: usize = 16;
+
+/// `CUtensorMap`: an opaque tensor-map descriptor (128 bytes, aligned to 128 in CUDA 13's
+/// `cuda.h`), written by `cuTensorMapEncode*` and passed to kernels by value.
+#[repr(C, align(128))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CUtensorMap {
+    /// The driver's encoding.
+    pub opaque: [u64; CU_TENSOR_MAP_NUM_QWORDS],
+}
+
 /// `CUlaunchConfig`, the first argument of `cuLaunchKernelEx`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -478,6 +511,8 @@ driver_api! {
     cuLaunchKernelEx_ptsz: fn(config: *const CUlaunchConfig, function: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void);
     cuLaunchCooperativeKernel: fn(function: CUfunction, grid_x: c_uint, grid_y: c_uint, grid_z: c_uint, block_x: c_uint, block_y: c_uint, block_z: c_uint, shared_bytes: c_uint, stream: CUstream, params: *mut *mut c_void);
     cuLaunchCooperativeKernel_ptsz: fn(function: CUfunction, grid_x: c_uint, grid_y: c_uint, grid_z: c_uint, block_x: c_uint, block_y: c_uint, block_z: c_uint, shared_bytes: c_uint, stream: CUstream, params: *mut *mut c_void);
+    cuTensorMapEncodeTiled: fn(tensor_map: *mut CUtensorMap, data_type: c_uint, rank: u32, global_address: *mut c_void, global_dim: *const u64, global_strides: *const u64, box_dim: *const u32, element_strides: *const u32, interleave: c_uint, swizzle: c_uint, l2_promotion: c_uint, oob_fill: c_uint);
+    cuTensorMapEncodeIm2col: fn(tensor_map: *mut CUtensorMap, data_type: c_uint, rank: u32, global_address: *mut c_void, global_dim: *const u64, global_strides: *const u64, lower_corner: *const c_int, upper_corner: *const c_int, channels_per_pixel: u32, pixels_per_column: u32, element_strides: *const u32, interleave: c_uint, swizzle: c_uint, l2_promotion: c_uint, oob_fill: c_uint);
     cuStreamBeginCapture_v2: fn(stream: CUstream, mode: c_uint);
     cuStreamBeginCapture_v2_ptsz: fn(stream: CUstream, mode: c_uint);
     cuStreamEndCapture: fn(stream: CUstream, graph: *mut CUgraph);

@@ -151,6 +151,8 @@ variants![
     ("cuLaunchKernelEx", "cuLaunchKernelEx", 11060, NEWEST),
     ("cuLaunchKernelEx_ptsz", "cuLaunchKernelEx", 11060, NEWEST),
     ("cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel", 9000, NEWEST),
+    ("cuTensorMapEncodeTiled", "cuTensorMapEncodeTiled", 12000, NEWEST),
+    ("cuTensorMapEncodeIm2col", "cuTensorMapEncodeIm2col", 12000, NEWEST),
     ("cuLaunchCooperativeKernel_ptsz", "cuLaunchCooperativeKernel", 9000, NEWEST),
     ("cuStreamBeginCapture_v2", "cuStreamBeginCapture", 10010, NEWEST),
     ("cuStreamBeginCapture_v2_ptsz", "cuStreamBeginCapture", 10010, NEWEST),

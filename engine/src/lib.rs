@@ -5,7 +5,8 @@
 //! [`Engine`]: it stages extents into a ring of slots in the local cache ([`ring`]),
 //! predicts the next launches' extents ([`Predictor`]), says which references are
 //! translated to a staged copy, and keeps the copies coherent with their extents
-//! (write-back, drops, graph launches). Everything the engine does on the device goes
+//! (write-back, drops, graph launches). Tensor-map descriptors are recorded by content
+//! ([`TensorMaps`]) so that one pointing into a staged extent can be re-encoded. Everything the engine does on the device goes
 //! through the [`Transfers`] trait, stream-ordered with events.
 
 mod engine;
@@ -13,11 +14,13 @@ mod predictor;
 pub mod ring;
 mod scan;
 mod table;
+mod tensor_maps;
 
 pub use engine::{CacheState, Counters, Engine, Settings, Source, Transfers, Translation};
 pub use predictor::{Predictor, PredictorState};
 pub use scan::rewrite;
 pub use table::{ExtentTable, TableFull};
+pub use tensor_maps::{DESCRIPTOR_BYTES, Encoding, Shape, TensorMaps};
 
 #[cfg(test)]
 mod tests;

@@ -88,6 +88,8 @@ hook_table!(
     cuStreamBeginCapture_v2_ptsz,
     cuStreamEndCapture,
     cuStreamEndCapture_ptsz,
+    cuTensorMapEncodeTiled,
+    cuTensorMapEncodeIm2col,
 );
 
 /// The hook for an exact symbol name. Allocation-free and lock-free.

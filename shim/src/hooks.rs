@@ -14,6 +14,7 @@ pub use crate::launch::{
     cuGraphLaunch, cuGraphLaunch_ptsz, cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz, cuLaunchKernel, cuLaunchKernel_ptsz,
     cuLaunchKernelEx, cuLaunchKernelEx_ptsz, cuLibraryUnload, cuModuleUnload,
 };
+pub use crate::tensor_map::{cuTensorMapEncodeIm2col, cuTensorMapEncodeTiled};
 use crate::ops::mem_location;
 use crate::real_call;
 use crate::runtime::{HOOK_ERRORS, check_for_aimdo, state};

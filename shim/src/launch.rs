@@ -6,24 +6,30 @@
 //! cached per function handle; a packed `extra` buffer whole). A launch with no donor
 //! word passes straight through, untouched and without a lock. Otherwise the device's
 //! engine stages what it needs and the launch goes out with a copy of the parameters in
-//! which every word inside a staged extent points at the same offset of its copy. Launch
-//! attributes of `cuLaunchKernelEx` pass through unchanged.
+//! which every word inside a staged extent points at the same offset of its copy. A
+//! 128-byte parameter that is a recorded tensor-map descriptor (`tensor_map`) whose
+//! global address lies in a donor extent references that extent; with a staged copy it
+//! is re-encoded for the copy instead of being scanned word by word. Launch attributes
+//! of `cuLaunchKernelEx` pass through unchanged.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 use crate::real::real;
 use crate::real_call;
 use crate::staging::{self, ACTIVE, LAUNCHES_SEEN, UNSCANNED_LAUNCHES, stream_key, with_current};
+use crate::tensor_map;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use vvram_cuda::*;
-use vvram_engine::{Translation, rewrite};
+use vvram_engine::{DESCRIPTOR_BYTES, Translation, rewrite};
 
 /// Distinct donor extents one launch can have translated; more are read in place.
 const MAX_REFS: usize = 32;
+/// Tensor-map parameters one launch can have re-encoded; more are scanned as words.
+const MAX_MAPS: usize = 8;
 /// Function handles whose parameter layout is cached.
 const LAYOUT_SLOTS: usize = 1 << 14;
 /// Slots probed per lookup.
@@ -135,13 +141,28 @@ unsafe fn packed(extra: *mut *mut c_void) -> Option<(*mut c_void, usize)> {
     size.filter(|_| !buffer.is_null()).map(|s| (buffer, s))
 }
 
-/// The donor extents one launch references.
+/// The donor extents one launch references, and which parameters are tensor maps that
+/// point into one.
 struct Refs {
     bases: [u64; MAX_REFS],
     len: usize,
+    maps: [u16; MAX_MAPS],
+    map_count: usize,
 }
 
 impl Refs {
+    /// Whether parameter `index` is a recorded tensor map pointing into a donor extent
+    /// (then referenced); such a parameter is re-encoded, not scanned.
+    fn tensor_map(&mut self, index: usize, bytes: &[u8]) -> bool {
+        let Ok(descriptor) = <&[u8; DESCRIPTOR_BYTES]>::try_from(bytes) else { return false };
+        let Some(maps) = tensor_map::recorded().filter(|_| self.map_count < MAX_MAPS) else { return false };
+        let Some(base) = maps.find(descriptor).and_then(|e| staging::table().find(e.address)) else { return false };
+        self.add(base);
+        self.maps[self.map_count] = index as u16;
+        self.map_count += 1;
+        true
+    }
+
     fn add(&mut self, base: u64) {
         if !self.bases[..self.len].contains(&base) && self.len < MAX_REFS {
             self.bases[self.len] = base;
@@ -178,7 +199,7 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
     }
     LAUNCHES_SEEN.fetch_add(1, Ordering::Relaxed);
     let table = staging::table();
-    let mut refs = Refs { bases: [0; MAX_REFS], len: 0 };
+    let mut refs = Refs { bases: [0; MAX_REFS], len: 0, maps: [0; MAX_MAPS], map_count: 0 };
     let mut layout: &[u32] = &[];
     if !given.params.is_null() {
         let Some(found) = layout_of(function) else {
@@ -189,6 +210,9 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
         for (i, &size) in layout.iter().enumerate() {
             // SAFETY: the driver's contract: one pointer per parameter, each to `size` bytes.
             let bytes = unsafe { staging::bytes(*given.params.add(i), size as usize) };
+            if size as usize == DESCRIPTOR_BYTES && refs.tensor_map(i, bytes) {
+                continue;
+            }
             table.scan(bytes, |_, base| refs.add(base));
         }
     } else if let Some((buffer, size)) = unsafe { packed(given.extra) } {
@@ -203,7 +227,7 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
         staging::CAPTURED_LAUNCHES.fetch_add(1, Ordering::Relaxed);
         return issue(given);
     }
-    match catch_unwind(AssertUnwindSafe(|| unsafe { translated(stream, given, layout, &refs.bases[..refs.len], &issue) })) {
+    match catch_unwind(AssertUnwindSafe(|| unsafe { translated(stream, given, layout, &refs, &issue) })) {
         Ok(code) => code,
         Err(_) => {
             staging::count_error(hook, result::UNKNOWN);
@@ -214,7 +238,8 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
 
 /// The slow path: the device's engine prepares the references, the launch goes out with
 /// translated parameters, the engine records it and stages what comes next.
-unsafe fn translated(stream: usize, given: Params, layout: &[u32], bases: &[u64], issue: &impl Fn(Params) -> CUresult) -> CUresult {
+unsafe fn translated(stream: usize, given: Params, layout: &[u32], refs: &Refs, issue: &impl Fn(Params) -> CUresult) -> CUresult {
+    let bases = &refs.bases[..refs.len];
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let scratch = &mut *scratch;
@@ -224,7 +249,7 @@ unsafe fn translated(stream: usize, given: Params, layout: &[u32], bases: &[u64]
                 return issue(given);
             }
             let issued = if scratch.translations.iter().any(|t| t.copy.is_some()) {
-                let params = unsafe { translate(scratch, given, layout) };
+                let params = unsafe { translate(scratch, given, layout, &refs.maps[..refs.map_count]) };
                 issue(params)
             } else {
                 issue(given)
@@ -240,8 +265,18 @@ unsafe fn translated(stream: usize, given: Params, layout: &[u32], bases: &[u64]
     })
 }
 
-/// Copies of the parameters with every word inside a staged extent rewritten.
-unsafe fn translate(scratch: &mut Scratch, given: Params, layout: &[u32]) -> Params {
+/// A tensor-map parameter re-encoded in place for the staged copy of its extent; `false`
+/// when its extent has no copy, its record is gone or the driver refuses.
+fn reencode(descriptor: &mut [u8], translations: &[Translation]) -> bool {
+    let Ok(key) = <&[u8; DESCRIPTOR_BYTES]>::try_from(&*descriptor) else { return false };
+    let Some(encoding) = tensor_map::recorded().and_then(|maps| maps.find(key)) else { return false };
+    let copy = translations.iter().find(|t| t.base <= encoding.address && encoding.address < t.end).and_then(|t| t.copy.map(|c| c + (encoding.address - t.base)));
+    copy.is_some_and(|address| tensor_map::reencode(&encoding, address, descriptor))
+}
+
+/// Copies of the parameters with every word inside a staged extent rewritten, and every
+/// tensor map in `maps` (parameter indices) re-encoded for its copy.
+unsafe fn translate(scratch: &mut Scratch, given: Params, layout: &[u32], maps: &[u16]) -> Params {
     let Scratch { translations, bytes, pointers, extra, extra_size } = scratch;
     if !given.params.is_null() {
         let total: usize = layout.iter().map(|s| (*s as usize).next_multiple_of(16)).sum();
@@ -253,7 +288,8 @@ unsafe fn translate(scratch: &mut Scratch, given: Params, layout: &[u32]) -> Par
             let start = bytes.len();
             bytes.extend_from_slice(unsafe { staging::bytes(original, size as usize) });
             bytes.resize(start + (size as usize).next_multiple_of(16), 0);
-            let changed = rewrite(&mut bytes[start..start + size as usize], translations) > 0;
+            let param = &mut bytes[start..start + size as usize];
+            let changed = if maps.contains(&(i as u16)) { reencode(param, translations) } else { rewrite(param, translations) > 0 };
             // The buffer was reserved whole: pointers into it stay valid.
             pointers.push(if changed { unsafe { bytes.as_mut_ptr().add(start) as *mut c_void } } else { original });
         }

@@ -16,6 +16,7 @@ mod probe;
 mod real;
 mod runtime;
 mod staging;
+mod tensor_map;
 
 /// Runs before `main`: reads the policy from the environment (see `runtime::start`).
 #[used]

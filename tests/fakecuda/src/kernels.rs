@@ -12,6 +12,7 @@
 //! | `struct_copy` | 0: `struct { const float* src; float* dst; u64 n; }` (24 bytes, pointers embedded) |
 //! | `weight_sum` | 0: `const float*` w, 8: `u64` n, 16: `float*` out (adds the sum), 24: `u64` run time in ns |
 //! | `packed_sum` | 0: a 1720-byte struct: `const float*` at 0, 200, 512, 1000 and 1712, `u64` n at 8, `float*` out at 16 |
+//! | `tmap_sum` | 0: a `CUtensorMap` (128 bytes, the fake's encoding: see `tensor_map`), 128: `float*` out (adds the sum), 136: `u32` box elements |
 
 /// A built-in kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,14 +31,24 @@ pub enum Kernel {
     WeightSum,
     /// `*out += ` the sums of `n` floats through five pointers of one packed parameter.
     PackedSum,
+    /// `*out += ` the sum of the first box of a rank-1 `f32` tensor map.
+    TmapSum,
 }
 
 /// Where `packed_sum` finds its five pointers.
 pub const PACKED_POINTERS: [usize; 5] = [0, 200, 512, 1000, 1712];
 
 /// Every built-in kernel.
-pub const ALL: [Kernel; 7] =
-    [Kernel::FillF32, Kernel::ScaleF32, Kernel::SumF32, Kernel::Copy, Kernel::StructCopy, Kernel::WeightSum, Kernel::PackedSum];
+pub const ALL: [Kernel; 8] = [
+    Kernel::FillF32,
+    Kernel::ScaleF32,
+    Kernel::SumF32,
+    Kernel::Copy,
+    Kernel::StructCopy,
+    Kernel::WeightSum,
+    Kernel::PackedSum,
+    Kernel::TmapSum,
+];
 
 impl Kernel {
     /// The entry name.
@@ -50,6 +61,7 @@ impl Kernel {
             Kernel::StructCopy => "struct_copy",
             Kernel::WeightSum => "weight_sum",
             Kernel::PackedSum => "packed_sum",
+            Kernel::TmapSum => "tmap_sum",
         }
     }
 
@@ -64,6 +76,7 @@ impl Kernel {
             Kernel::StructCopy => &[(0, 24)],
             Kernel::WeightSum => &[(0, 8), (8, 8), (16, 8), (24, 8)],
             Kernel::PackedSum => &[(0, 1720)],
+            Kernel::TmapSum => &[(0, 128), (128, 8), (136, 4)],
             Kernel::FillF32 | Kernel::ScaleF32 => &[(0, 8), (8, 4), (16, 8)],
             Kernel::SumF32 | Kernel::Copy => &[(0, 8), (8, 8), (16, 8)],
         }
@@ -77,6 +90,16 @@ impl Kernel {
             Kernel::SumF32 | Kernel::Copy | Kernel::StructCopy => &[0, 8],
             Kernel::WeightSum => &[0, 16],
             Kernel::PackedSum => &[0, 200, 512, 1000, 1712, 16],
+            Kernel::TmapSum => &[128],
+        }
+    }
+
+    /// Offsets of the tensor-map descriptors the kernel reads through (their global
+    /// address is encoded: the launch decodes it into the device view at word 0).
+    pub fn tensor_map_offsets(self) -> &'static [usize] {
+        match self {
+            Kernel::TmapSum => &[0],
+            _ => &[],
         }
     }
 
@@ -149,6 +172,19 @@ impl Kernel {
                         let p = word(offset) as *const f32;
                         sum += std::slice::from_raw_parts(p, word(8) as usize).iter().map(|v| *v as f64).sum::<f64>();
                     }
+                    out.write_volatile(out.read_volatile() + sum as f32);
+                }
+                Kernel::TmapSum => {
+                    let (header, dim, boxed) = (word(8), word(16), word(88) as u32);
+                    let n = u32::from_ne_bytes(params[136..140].try_into().unwrap());
+                    // Anything but the fake's own rank-1 f32 tiled encoding with a box of
+                    // `n` elements is a fault, as a bad descriptor is on a GPU.
+                    let expected = crate::tensor_map::MAGIC << 32 | (vvram_cuda::CU_TENSOR_MAP_DATA_TYPE_FLOAT32 as u64) << 16 | 1;
+                    assert!(header == expected && boxed == n, "tmap_sum: not a rank-1 f32 tiled tensor map with a box of {n} elements");
+                    // Word 0 holds the decoded device view (the launch put it there).
+                    let (w, out) = (word(0) as *const f32, word(128) as *mut f32);
+                    // The box past the tensor's end reads as zeros (out-of-bounds fill).
+                    let sum: f64 = std::slice::from_raw_parts(w, dim.min(n as u64) as usize).iter().map(|v| *v as f64).sum();
                     out.write_volatile(out.read_volatile() + sum as f32);
                 }
             }

@@ -6,7 +6,7 @@
 //! `kernels`), a configurable machine (see `config`) and fault injection (see `fault`).
 //! The entry points are grouped by job: `device` (initialisation, devices, contexts),
 //! `attributes`, `allocation`, `pools`, `vmm`, `copies`, `streams`, `stream_info`,
-//! `modules`, `errors`, `export_tables` (with `integrity`), `unsupported` and `procaddress`; this file holds what every entry point shares.
+//! `modules`, `tensor_map`, `errors`, `export_tables` (with `integrity`), `unsupported` and `procaddress`; this file holds what every entry point shares.
 //! It behaves as driver 580 does on libcudart's path: `cuLibraryGetKernel` gives
 //! `CUkernel` handles, `cuFuncGetParamInfo` refuses them with `CUDA_ERROR_INVALID_HANDLE`,
 //! and `cuKernelGetParamInfo` is reachable only through `cuGetProcAddress`.
@@ -30,6 +30,7 @@ mod pools;
 mod procaddress;
 mod stream;
 mod stream_info;
+mod tensor_map;
 mod timing;
 mod streams;
 mod unsupported;
@@ -56,6 +57,7 @@ use export_tables::*;
 use modules::*;
 use pools::*;
 use stream_info::*;
+use tensor_map::*;
 use streams::*;
 use vmm::*;
 

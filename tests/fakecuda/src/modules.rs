@@ -196,6 +196,12 @@ unsafe fn launch(function: CUfunction, stream: CUstream, per_thread: bool, param
         let word = u64::from_ne_bytes(packed[offset..offset + 8].try_into().map_err(|_| result::UNKNOWN)?);
         packed[offset..offset + 8].copy_from_slice(&memory::kernel_view(word, device).to_ne_bytes());
     }
+    for &offset in kernel.tensor_map_offsets() {
+        let word = u64::from_ne_bytes(packed[offset..offset + 8].try_into().map_err(|_| result::UNKNOWN)?);
+        // Not the fake's encoding: the kernel faults on it (an unmapped address).
+        let address = tensor_map::decode_address(word).unwrap_or(0);
+        packed[offset..offset + 8].copy_from_slice(&memory::kernel_view(address, device).to_ne_bytes());
+    }
     submit(&stream_of(stream, per_thread)?, false, move || {
         // SAFETY: the kernel's addresses are device views; a bad one faults, as on a GPU.
         timing::run(timing::Cost { lane: timing::Lane::Compute, time }, || unsafe { kernel.run(&packed) });

@@ -130,6 +130,8 @@ fn entries() -> &'static [Entry] {
             ("cuLaunchKernel", 4000, cuLaunchKernel, cuLaunchKernel_ptsz),
             ("cuLaunchCooperativeKernel", 9000, cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz),
             ("cuLaunchKernelEx", 11060, cuLaunchKernelEx, cuLaunchKernelEx_ptsz),
+            ("cuTensorMapEncodeTiled", 12000, cuTensorMapEncodeTiled),
+            ("cuTensorMapEncodeIm2col", 12000, cuTensorMapEncodeIm2col),
             ("cuGetProcAddress", 11030, cuGetProcAddress),
             ("cuGetProcAddress", 12000, cuGetProcAddress_v2),
             ("cuGetErrorString", 6000, cuGetErrorString),

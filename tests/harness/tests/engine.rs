@@ -69,3 +69,11 @@ fn struct_parameters_extra_buffers_cooperative_and_library_kernels_and_second_th
         assert_eq!(stats["errors"], 0, "{scenario}: {stats}");
     }
 }
+
+#[test]
+fn a_tensor_map_pointing_into_a_staged_weight_is_re_encoded_for_the_copy() {
+    let (stdout, stats) = passes(&exercise(&["engine-tmap"], &POLICY.replace("4KiB", "1MiB"), &[]));
+    assert!(stdout.contains("ok: cuTensorMapEncodeTiled refuses bad arguments"), "{stdout}");
+    assert!(stdout.contains("ok: tensor-map descriptor: translated to the staged copy"), "{stdout}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+}

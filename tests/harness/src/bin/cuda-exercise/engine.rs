@@ -173,8 +173,10 @@ fn reads_the_copy(s: &Session, what: &str, launch: impl Fn(u64, u64, usize) -> C
     launch(w, out, N)?;
     synchronize(s)?;
     let got = s.read_f32(out, N)?;
-    // Copies read 1.0 per element, sums 1.0 per element and pointer (`packed_sum` has five).
-    ensure(got.iter().all(|v| *v == 1.0) || got[0] == N as f32 || got[0] == 5.0 * N as f32, || format!("{what}: read {} (the original's values are 7)", got[0]))?;
+    // Copies read 1.0 per element, sums 1.0 per element and pointer (`packed_sum` has five),
+    // `tmap_sum` sums one box of half the weight.
+    let sums = [N as f32, 5.0 * N as f32, (N / 2) as f32];
+    ensure(got.iter().all(|v| *v == 1.0) || sums.contains(&got[0]), || format!("{what}: read {} (the original's values are 7)", got[0]))?;
     let now = engine_stat(&control, "translated_launches")?;
     ensure(now == translated + 2, || format!("{what}: {} launches translated, expected 2", now - translated))?;
     println!("ok: {what}: translated to the staged copy");
@@ -209,6 +211,61 @@ pub fn extra_buffer(s: &Session) -> Checked {
             CU_LAUNCH_PARAM_END as *mut c_void,
         ];
         cu!(s.cuda, cuLaunchKernel(function, 2, 1, 1, 256, 1, 1, 0, std::ptr::null_mut(), std::ptr::null_mut(), extra.as_mut_ptr()))?;
+        Ok(())
+    })
+}
+
+/// `cuTensorMapEncodeTiled` with one argument changed from a valid rank-1 `f32` map of
+/// `n` elements (box 256) at `address`.
+fn encode(s: &Session, map: &mut CUtensorMap, address: u64, n: u64, change: impl FnOnce(&mut u32, &mut u64, &mut [u64; 1], &mut [u32; 1])) -> CUresult {
+    let (mut rank, mut address, mut dims, mut boxes) = (1u32, address, [n], [256u32]);
+    change(&mut rank, &mut address, &mut dims, &mut boxes);
+    let (strides, element_strides) = ([0u64; 1], [1u32; 1]);
+    // SAFETY: valid arrays of the rank's length.
+    unsafe {
+        match s.cuda.api.cuTensorMapEncodeTiled {
+            Some(f) => f(
+                map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, rank, address as *mut c_void, dims.as_ptr(), strides.as_ptr(), boxes.as_ptr(), element_strides.as_ptr(),
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            ),
+            None => result::NOT_FOUND,
+        }
+    }
+}
+
+/// A tensor-map descriptor whose global address is a staged weight is re-encoded for the
+/// copy (`tmap_sum` reads through the descriptor only; the fake's encoding keeps no plain
+/// pointer, so rewriting words could not move it). Bad encoder arguments are refused
+/// with `CUDA_ERROR_INVALID_VALUE`, as by the driver.
+pub fn tensor_map(s: &Session) -> Checked {
+    let mut module = std::ptr::null_mut();
+    cu!(s.cuda, cuModuleLoadData(&mut module, ptx::TENSOR_MAP_MODULE.as_ptr() as *const c_void))?;
+    let mut function = std::ptr::null_mut();
+    let name = CString::new("tmap_sum").unwrap_or_default();
+    cu!(s.cuda, cuModuleGetFunction(&mut function, module, name.as_ptr()))?;
+    let mut map = CUtensorMap { opaque: [0; CU_TENSOR_MAP_NUM_QWORDS] };
+    let buffer = alloc(s, 1024)?;
+    let refusals: [(&str, CUresult); 5] = [
+        ("rank 0", encode(s, &mut map, buffer, 256, |rank, _, _, _| *rank = 0)),
+        ("rank 6", encode(s, &mut map, buffer, 256, |rank, _, _, _| *rank = 6)),
+        ("address not 16-byte aligned", encode(s, &mut map, buffer + 4, 256, |_, _, _, _| ())),
+        ("box of 257", encode(s, &mut map, buffer, 256, |_, _, _, boxes| boxes[0] = 257)),
+        ("NULL address", encode(s, &mut map, 0, 256, |_, _, _, _| ())),
+    ];
+    for (what, code) in refusals {
+        ensure(code == result::INVALID_VALUE, || format!("cuTensorMapEncodeTiled with {what} returned {code}, expected CUDA_ERROR_INVALID_VALUE"))?;
+    }
+    let null = unsafe {
+        s.cuda.api.cuTensorMapEncodeTiled.map(|f| f(&mut map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 1, buffer as *mut c_void, std::ptr::null(), std::ptr::null(), std::ptr::null(), std::ptr::null(), 0, 0, 0, 0))
+    };
+    ensure(null == Some(result::INVALID_VALUE), || format!("cuTensorMapEncodeTiled with NULL arrays returned {null:?}"))?;
+    println!("ok: cuTensorMapEncodeTiled refuses bad arguments with CUDA_ERROR_INVALID_VALUE");
+    reads_the_copy(s, "tensor-map descriptor", |w, out, n| {
+        let mut map = CUtensorMap { opaque: [0; CU_TENSOR_MAP_NUM_QWORDS] };
+        cu!(s.cuda, cuTensorMapEncodeTiled(&mut map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 1, w as *mut c_void, [n as u64].as_ptr(), [0u64].as_ptr(), [256u32].as_ptr(), [1u32].as_ptr(), 0, 0, 0, 0))?;
+        let (mut output, mut count) = (out, 256u32);
+        let mut params = [&mut map as *mut CUtensorMap as *mut c_void, &mut output as *mut u64 as *mut c_void, &mut count as *mut u32 as *mut c_void];
+        cu!(s.cuda, cuLaunchKernel(function, 1, 1, 1, 32, 1, 1, 0, std::ptr::null_mut(), params.as_mut_ptr(), std::ptr::null_mut()))?;
         Ok(())
     })
 }

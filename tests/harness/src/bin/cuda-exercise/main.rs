@@ -625,6 +625,7 @@ fn run(args: &[String]) -> Checked {
         "engine-cooperative" => engine::cooperative(&s)?,
         "engine-graph" => engine::graph(&s)?,
         "engine-thread" => engine::second_thread(&s)?,
+        "engine-tmap" => engine::tensor_map(&s)?,
         "create-calls" => create_calls(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(4))?,
         "all" => {
             devices(&s)?;
@@ -634,7 +635,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, capture-rules, kernel-without-access, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools, capture; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-graph, engine-kernel, engine-thread"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, capture-rules, kernel-without-access, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools, capture; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-graph, engine-kernel, engine-thread, engine-tmap"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())
