@@ -3,45 +3,30 @@
 //! `cuMemGetAddressRange_v2` for a pointer vvram does not own (a lookup, then the driver).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use std::ffi::{CString, c_void};
+
 use std::hint::black_box;
 use vvram_cuda::{CUresult, pfn};
-use vvram_harness::fake::{fake_driver_dir, shim_library};
-
-fn open(path: &std::path::Path) -> *mut c_void {
-    let path = CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: plain dlopen with local scope: the shim does not interpose this process.
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    assert!(!handle.is_null(), "dlopen {path:?}");
-    handle
-}
-
-fn symbol<T>(handle: *mut c_void, name: &str) -> T {
-    let name = CString::new(name).unwrap();
-    let address = unsafe { libc::dlsym(handle, name.as_ptr()) };
-    assert!(!address.is_null(), "{name:?}");
-    unsafe { std::mem::transmute_copy(&address) }
-}
+use vvram_harness::fake::{fake_driver_dir, open_local, shim_library};
 
 fn pass_through(c: &mut Criterion) {
     let fake_path = fake_driver_dir().join("libcuda.so.1");
     // SAFETY: set before any thread of ours reads the environment.
     unsafe { std::env::set_var("VVRAM_REAL_LIBCUDA", &fake_path) };
-    let driver = open(&fake_path);
-    let shim = open(&shim_library());
-    let init: pfn::cuInit = symbol(driver, "cuInit");
-    let retain: pfn::cuDevicePrimaryCtxRetain = symbol(driver, "cuDevicePrimaryCtxRetain");
-    let set_current: pfn::cuCtxSetCurrent = symbol(driver, "cuCtxSetCurrent");
+    let driver = open_local(&fake_path);
+    let shim = open_local(&shim_library());
+    let init: pfn::cuInit = driver.symbol("cuInit");
+    let retain: pfn::cuDevicePrimaryCtxRetain = driver.symbol("cuDevicePrimaryCtxRetain");
+    let set_current: pfn::cuCtxSetCurrent = driver.symbol("cuCtxSetCurrent");
     let mut context = std::ptr::null_mut();
     unsafe {
         assert_eq!(init(0), 0);
         assert_eq!(retain(&mut context, 0), 0);
         assert_eq!(set_current(context), 0);
     }
-    let real_info: pfn::cuMemGetInfo_v2 = symbol(driver, "cuMemGetInfo_v2");
-    let hooked_info: pfn::cuMemGetInfo_v2 = symbol(shim, "cuMemGetInfo_v2");
-    let real_range: pfn::cuMemGetAddressRange_v2 = symbol(driver, "cuMemGetAddressRange_v2");
-    let hooked_range: pfn::cuMemGetAddressRange_v2 = symbol(shim, "cuMemGetAddressRange_v2");
+    let real_info: pfn::cuMemGetInfo_v2 = driver.symbol("cuMemGetInfo_v2");
+    let hooked_info: pfn::cuMemGetInfo_v2 = shim.symbol("cuMemGetInfo_v2");
+    let real_range: pfn::cuMemGetAddressRange_v2 = driver.symbol("cuMemGetAddressRange_v2");
+    let hooked_range: pfn::cuMemGetAddressRange_v2 = shim.symbol("cuMemGetAddressRange_v2");
     let call_info = |f: pfn::cuMemGetInfo_v2| -> CUresult {
         let (mut free, mut total) = (0usize, 0usize);
         unsafe { f(&mut free, &mut total) }

@@ -4,28 +4,13 @@
 //! launch that reads a host-tier weight (scanned, translated, staged).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use std::ffi::{CString, c_void};
+use std::ffi::c_void;
 use std::hint::black_box;
 use vvram_cuda::{CUfunction, CUresult, kernels, pfn};
-use vvram_harness::fake::{build_dir, fake_driver_dir, shim_library};
+use vvram_harness::fake::{build_dir, fake_driver_dir, open_local, shim_library};
 
 const POLICY: &str = "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"host\", capacity = \"128MiB\" }]\n\
 [[rule]]\nphase = \"load\"\ntiers = [\"host\"]\n[streaming]\nenabled = true\nlocal_cache = \"8MiB\"\n";
-
-fn open(path: &std::path::Path) -> *mut c_void {
-    let path = CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: plain dlopen with local scope: the shim does not interpose this process.
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    assert!(!handle.is_null(), "dlopen {path:?}");
-    handle
-}
-
-fn symbol<T>(handle: *mut c_void, name: &str) -> T {
-    let name = CString::new(name).unwrap();
-    let address = unsafe { libc::dlsym(handle, name.as_ptr()) };
-    assert!(!address.is_null(), "{name:?}");
-    unsafe { std::mem::transmute_copy(&address) }
-}
 
 fn launches(c: &mut Criterion) {
     let fake_path = fake_driver_dir().join("libcuda.so.1");
@@ -36,26 +21,26 @@ fn launches(c: &mut Criterion) {
         std::env::set_var("VVRAM_REAL_LIBCUDA", &fake_path);
         std::env::set_var("VVRAM_POLICY", &policy);
     }
-    let driver = open(&fake_path);
-    let shim = open(&shim_library());
+    let driver = open_local(&fake_path);
+    let shim = open_local(&shim_library());
     let mut context = std::ptr::null_mut();
     let (mut module, mut function): (*mut c_void, CUfunction) = (std::ptr::null_mut(), std::ptr::null_mut());
     let (mut plain, mut weight) = (0u64, 0u64);
     unsafe {
-        assert_eq!(symbol::<pfn::cuInit>(driver, "cuInit")(0), 0);
-        assert_eq!(symbol::<pfn::cuDevicePrimaryCtxRetain>(driver, "cuDevicePrimaryCtxRetain")(&mut context, 0), 0);
-        assert_eq!(symbol::<pfn::cuCtxSetCurrent>(driver, "cuCtxSetCurrent")(context), 0);
-        assert_eq!(symbol::<pfn::cuModuleLoadData>(driver, "cuModuleLoadData")(&mut module, kernels::MODULE.as_ptr() as *const c_void), 0);
-        assert_eq!(symbol::<pfn::cuModuleGetFunction>(driver, "cuModuleGetFunction")(&mut function, module, c"sum_f32".as_ptr()), 0);
-        assert_eq!(symbol::<pfn::cuMemAlloc_v2>(driver, "cuMemAlloc_v2")(&mut plain, 1 << 20), 0);
-        let set_phase: unsafe extern "C" fn(*const std::ffi::c_char) -> i32 = symbol(shim, "vvram_set_phase");
+        assert_eq!(driver.symbol::<pfn::cuInit>("cuInit")(0), 0);
+        assert_eq!(driver.symbol::<pfn::cuDevicePrimaryCtxRetain>("cuDevicePrimaryCtxRetain")(&mut context, 0), 0);
+        assert_eq!(driver.symbol::<pfn::cuCtxSetCurrent>("cuCtxSetCurrent")(context), 0);
+        assert_eq!(driver.symbol::<pfn::cuModuleLoadData>("cuModuleLoadData")(&mut module, kernels::MODULE.as_ptr() as *const c_void), 0);
+        assert_eq!(driver.symbol::<pfn::cuModuleGetFunction>("cuModuleGetFunction")(&mut function, module, c"sum_f32".as_ptr()), 0);
+        assert_eq!(driver.symbol::<pfn::cuMemAlloc_v2>("cuMemAlloc_v2")(&mut plain, 1 << 20), 0);
+        let set_phase: unsafe extern "C" fn(*const std::ffi::c_char) -> i32 = shim.symbol("vvram_set_phase");
         assert_eq!(set_phase(c"load".as_ptr()), 0);
-        assert_eq!(symbol::<pfn::cuMemAlloc_v2>(shim, "cuMemAlloc_v2")(&mut weight, 1 << 20), 0);
+        assert_eq!(shim.symbol::<pfn::cuMemAlloc_v2>("cuMemAlloc_v2")(&mut weight, 1 << 20), 0);
         assert_eq!(set_phase(std::ptr::null()), 0);
     }
-    let real: pfn::cuLaunchKernel = symbol(driver, "cuLaunchKernel");
-    let hooked: pfn::cuLaunchKernel = symbol(shim, "cuLaunchKernel");
-    let synchronize: pfn::cuCtxSynchronize = symbol(driver, "cuCtxSynchronize");
+    let real: pfn::cuLaunchKernel = driver.symbol("cuLaunchKernel");
+    let hooked: pfn::cuLaunchKernel = shim.symbol("cuLaunchKernel");
+    let synchronize: pfn::cuCtxSynchronize = driver.symbol("cuCtxSynchronize");
     let launch = |f: pfn::cuLaunchKernel, input: u64| -> CUresult {
         let (mut input, mut out, mut n) = (input, plain, 0u64);
         let mut params = [&mut input as *mut u64 as *mut c_void, &mut out as *mut u64 as *mut c_void, &mut n as *mut u64 as *mut c_void];

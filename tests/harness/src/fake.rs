@@ -59,3 +59,30 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A library opened with local scope (`RTLD_NOW | RTLD_LOCAL`), so that its exports do not
+/// interpose this process: how the benches hold the fake driver and libvvram.so side by
+/// side. It stays loaded for the life of the process.
+pub struct LocalLibrary(*mut std::ffi::c_void);
+
+/// Opens `path` as a [`LocalLibrary`]. Panics when it cannot be opened.
+pub fn open_local(path: &Path) -> LocalLibrary {
+    let path = std::ffi::CString::new(path.to_str().expect("a UTF-8 path")).expect("a path without NUL");
+    // SAFETY: plain dlopen of a path.
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    assert!(!handle.is_null(), "dlopen {path:?}");
+    LocalLibrary(handle)
+}
+
+impl LocalLibrary {
+    /// The exported symbol `name` as the function pointer type `T` (one of
+    /// `vvram_cuda::pfn`). Panics when the library does not export it.
+    pub fn symbol<T>(&self, name: &str) -> T {
+        let name = std::ffi::CString::new(name).expect("a name without NUL");
+        // SAFETY: dlsym on a handle that stays open, with a C string.
+        let address = unsafe { libc::dlsym(self.0, name.as_ptr()) };
+        assert!(!address.is_null(), "{name:?}");
+        // SAFETY: the caller names the pointer type of that symbol.
+        unsafe { std::mem::transmute_copy(&address) }
+    }
+}
