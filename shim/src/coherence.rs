@@ -10,7 +10,7 @@
 use crate::real_call;
 use crate::staging::{self, ACTIVE, stream_key, with_current};
 use std::ffi::{c_uint, c_void};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use crate::hooks::guard;
 use std::sync::atomic::Ordering;
 use vvram_cuda::*;
 
@@ -81,13 +81,6 @@ pub fn before_free(address: u64, len: usize, stream: usize) {
     if let Some(Err(code)) = with_current(|engine| engine.before_host_write(address, len as u64, Some(stream))) {
         staging::count_error("before_free", code);
     }
-}
-
-fn guard(hook: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
-        staging::count_error(hook, result::UNKNOWN);
-        result::UNKNOWN
-    })
 }
 
 /// The stream synchronous calls are ordered on.

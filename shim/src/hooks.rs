@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use vvram_allocator::{AllocationInfo, Request};
 use vvram_cuda::*;
 
-fn guard(hook: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
+/// Runs a hook's body; a panic never crosses the FFI boundary: it is counted, logged and
+/// answered with `CUDA_ERROR_UNKNOWN`. Every hook of the shim goes through it.
+pub(crate) fn guard(hook: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(code) => code,
         Err(_) => {

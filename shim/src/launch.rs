@@ -20,7 +20,7 @@ use crate::staging::{self, ACTIVE, LAUNCHES_SEEN, UNSCANNED_LAUNCHES, stream_key
 use crate::tensor_map;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_uint, c_void};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use crate::hooks::guard;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use vvram_cuda::*;
@@ -227,13 +227,7 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
         staging::CAPTURED_LAUNCHES.fetch_add(1, Ordering::Relaxed);
         return issue(given);
     }
-    match catch_unwind(AssertUnwindSafe(|| unsafe { translated(stream, given, layout, &refs, &issue) })) {
-        Ok(code) => code,
-        Err(_) => {
-            staging::count_error(hook, result::UNKNOWN);
-            result::UNKNOWN
-        }
-    }
+    guard(hook, || unsafe { translated(stream, given, layout, &refs, &issue) })
 }
 
 /// The slow path: the device's engine prepares the references, the launch goes out with
@@ -308,13 +302,6 @@ unsafe fn translate(scratch: &mut Scratch, given: Params, layout: &[u32], maps: 
         CU_LAUNCH_PARAM_END as *mut c_void,
     ];
     Params { params: given.params, extra: extra.as_mut_ptr() }
-}
-
-fn guard(hook: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
-        staging::count_error(hook, result::UNKNOWN);
-        result::UNKNOWN
-    })
 }
 
 macro_rules! launch_kernel {

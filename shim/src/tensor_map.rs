@@ -9,7 +9,7 @@
 use crate::real_call;
 use crate::staging::count_error;
 use std::ffi::{c_int, c_uint, c_void};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use crate::hooks::guard;
 use std::sync::OnceLock;
 use vvram_cuda::*;
 use vvram_engine::{DESCRIPTOR_BYTES, Encoding, Shape, TensorMaps};
@@ -73,13 +73,6 @@ unsafe fn record(map: *const CUtensorMap, given: &Given, shape: Shape) {
     // SAFETY: the encoder wrote the 128 bytes.
     let bytes = unsafe { &*(map as *const [u8; DESCRIPTOR_BYTES]) };
     maps().record(bytes, &encoding);
-}
-
-fn guard(hook: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
-        count_error(hook, result::UNKNOWN);
-        result::UNKNOWN
-    })
 }
 
 #[unsafe(no_mangle)]
