@@ -20,9 +20,9 @@ pub mod size;
 pub use distorch::{Allocation, parse_allocation};
 pub use error::{Location, PolicyError};
 pub use file::read_policy_file;
-pub use model::{Amount, DevicePolicy, Donor, HostPool, Machine, Policy, Report, Rule, Streaming, Tier};
+pub use model::{Amount, DevicePolicy, Donor, HostPool, Machine, Placement, Policy, Report, Rule, Streaming, Tier};
 pub use parse::{MAX_DEVICES, MAX_POLICY_BYTES, MAX_RULES, parse_policy, valid_name};
-pub use resolve::{DevicePlan, Fill, Plan, default_rules, needs_machine, resolve};
+pub use resolve::{DevicePlan, Fill, Plan, default_reserve, default_rules, needs_machine, resolve};
 
 /// Builds a policy from a DisTorch2 allocation string alone (`VVRAM_ALLOC`, `--alloc`)
 /// for compute device `compute`, with default rules and settings.
@@ -43,6 +43,7 @@ pub fn policy_from_allocation(origin: &str, text: &str, compute: u32) -> Result<
         rules: Vec::new(),
         host_pool: HostPool { pin_ahead: None, at: start },
         streaming: Streaming::default(),
+        placement: Placement::default(),
     };
     Ok(policy)
 }

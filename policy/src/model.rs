@@ -211,6 +211,26 @@ impl Default for Streaming {
     }
 }
 
+/// Automatic placement: what no explicit rule places, vvram places by use — a reserve of
+/// the card stays free while the model loads, and once a step repeats, what a step uses
+/// many times is kept on the card and weights used once per step go to donors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Whether vvram places what the rules leave to it; `false` restores plain rule order.
+    pub automatic: bool,
+    /// Local VRAM kept free while the model loads; `None` means the default (a quarter of
+    /// the budget left after the streaming cache).
+    pub reserve: Option<u64>,
+    /// Where `reserve` was written (else the `[placement]` table, else line 0).
+    pub at: Location,
+}
+
+impl Default for Placement {
+    fn default() -> Placement {
+        Placement { automatic: true, reserve: None, at: Location::default() }
+    }
+}
+
 /// The physical machine: what each GPU and the host hold, which GPUs reach each other,
 /// and whether the host tier can work at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -280,6 +300,8 @@ pub struct Policy {
     pub host_pool: HostPool,
     /// The migration engine's settings.
     pub streaming: Streaming,
+    /// Automatic placement of what the rules leave to vvram.
+    pub placement: Placement,
 }
 
 impl Policy {

@@ -158,6 +158,7 @@ struct RawPolicy {
     rule: Vec<Spanned<RawRule>>,
     host_pool: Option<RawHostPool>,
     streaming: Option<RawStreaming>,
+    placement: Option<RawPlacement>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +210,13 @@ struct RawStreaming {
     local_cache: Option<Spanned<RawSize>>,
     prefetch_depth: Option<Spanned<u32>>,
     weights_read_only: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    automatic: Option<bool>,
+    reserve: Option<Spanned<RawSize>>,
 }
 
 /// The largest policy text accepted: far above any real policy, small enough that
@@ -320,7 +328,8 @@ impl Source<'_> {
             Some(pin) => HostPool { at: self.at(pin.span()), pin_ahead: Some(pin.into_inner().0) },
         };
         let streaming = self.streaming(raw.streaming)?;
-        let policy = Policy { origin: self.origin.to_string(), machine, devices, rules, host_pool, streaming };
+        let placement = self.placement(raw.placement);
+        let policy = Policy { origin: self.origin.to_string(), machine, devices, rules, host_pool, streaming, placement };
         if let Some(machine) = &policy.machine {
             crate::resolve::resolve(&policy, machine)?;
         }
@@ -488,6 +497,17 @@ impl Source<'_> {
             return Err(self.error(tiers_span, "`tiers` is empty: list at least one of `local`, `peer:N`, `host`"));
         }
         Ok(Rule { name: raw.name, device, min_size, max_size, phase, tag, tiers, at })
+    }
+
+    fn placement(&self, raw: Option<RawPlacement>) -> Placement {
+        let mut placement = Placement::default();
+        let Some(raw) = raw else { return placement };
+        placement.automatic = raw.automatic.unwrap_or(placement.automatic);
+        if let Some(reserve) = raw.reserve {
+            placement.at = self.at(reserve.span());
+            placement.reserve = Some(reserve.into_inner().0);
+        }
+        placement
     }
 
     fn streaming(&self, raw: Option<RawStreaming>) -> Result<Streaming, PolicyError> {
@@ -697,5 +717,39 @@ mod tests {
         assert_eq!(e.location, at(5, 18));
         let e = error_of(&format!("{base}[streaming]\nlocal_cache = \"*\"\n"));
         assert!(e.message.contains("not allowed"), "{e}");
+    }
+
+    #[test]
+    fn placement_settings_and_defaults() {
+        let base = format!("{HEAD}local_budget = \"8G\"\n");
+        let p = parse_policy("p.toml", &base).unwrap();
+        assert_eq!(p.placement, Placement { automatic: true, reserve: None, at: Location::default() });
+        let p = parse_policy("p.toml", &format!("{base}[placement]\nautomatic = false\nreserve = \"3GiB\"\n")).unwrap();
+        assert_eq!(p.placement, Placement { automatic: false, reserve: Some(3 * GIB), at: at(6, 11) });
+        let p = parse_policy("p.toml", &format!("{base}[placement]\nreserve = 0\n")).unwrap();
+        assert_eq!((p.placement.automatic, p.placement.reserve), (true, Some(0)));
+        let p = crate::policy_from_allocation("VVRAM_ALLOC", "cuda:0,8gb;cpu,*", 0).unwrap();
+        assert_eq!(p.placement, Placement::default());
+        let p = parse_policy("p.toml", &format!("{HEAD}alloc = \"cuda:0,8gb;cpu,*\"\n")).unwrap();
+        assert_eq!(p.placement, Placement::default());
+    }
+
+    #[test]
+    fn placement_errors_name_the_line_and_what_was_expected() {
+        let base = format!("{HEAD}local_budget = \"8G\"\n");
+        let e = error_of(&format!("{base}[placement]\nreserv = \"1GiB\"\n"));
+        assert_eq!(e.location, at(5, 1));
+        assert!(e.message.contains("did you mean `reserve`") && e.message.contains("automatic, reserve"), "{e}");
+        let e = error_of(&format!("{base}[placement]\nreserve = \"*\"\n"));
+        assert_eq!(e.location.line, 5);
+        assert!(e.message.contains("expected a size"), "{e}");
+        let e = error_of(&format!("{base}[placement]\nreserve = \"4XB\"\n"));
+        assert_eq!(e.location.line, 5);
+        assert!(e.message.contains("unknown unit `XB`"), "{e}");
+        let e = error_of(&format!("{base}[placement]\nautomatic = \"yes\"\n"));
+        assert_eq!(e.location.line, 5);
+        assert!(e.message.contains("boolean"), "{e}");
+        let e = error_of(&format!("{base}[placment]\nautomatic = true\n"));
+        assert!(e.message.contains("did you mean `placement`"), "{e}");
     }
 }

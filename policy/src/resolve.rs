@@ -3,7 +3,7 @@
 
 use crate::error::{Location, PolicyError};
 use crate::model::*;
-use crate::size::{GIB, format_size};
+use crate::size::{GIB, MIB, format_size};
 
 /// A policy resolved against a machine: everything in bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,8 @@ pub struct Plan {
     pub host_pool: u64,
     /// Streaming settings.
     pub streaming: Streaming,
+    /// Whether vvram places by use what no explicit rule places (`[placement] automatic`).
+    pub automatic: bool,
 }
 
 impl Plan {
@@ -40,6 +42,10 @@ pub struct DevicePlan {
     pub rules: Vec<Rule>,
     /// Whether `rules` are vvram's defaults (the policy gave none).
     pub default_rules: bool,
+    /// Local VRAM kept free while the model loads, for what a step uses many times.
+    pub reserve: u64,
+    /// Whether automatic placement is on (the same for every device of a plan).
+    pub automatic: bool,
 }
 
 /// Where bytes of a simulated load landed.
@@ -70,6 +76,14 @@ impl DevicePlan {
             .find(|r| r.matches(self.index, size, phase, tag))
             .map(|r| r.tiers.clone())
             .unwrap_or_else(|| self.tiers().map(|(t, _)| t).collect())
+    }
+
+    /// Whether vvram may place (and later move) this allocation by use: automatic
+    /// placement is on and no explicit rule claims it. vvram's default rules claim
+    /// nothing; an allocation an explicit rule matches is placed by that rule and never
+    /// moved.
+    pub fn is_automatic(&self, size: u64, phase: Option<&str>, tag: Option<&str>) -> bool {
+        self.automatic && (self.default_rules || !self.rules.iter().any(|r| r.matches(self.index, size, phase, tag)))
     }
 
     /// Simulates loading `total` bytes as tensors of `tensor` bytes under `phase`:
@@ -130,6 +144,16 @@ pub fn default_rules(device: &DevicePlan, streaming: &Streaming) -> Vec<Rule> {
     } else {
         vec![rule("local first, then donors", None, local_first)]
     }
+}
+
+/// Granularity of the default reserve.
+const RESERVE_ALIGNMENT: u64 = 2 * MIB;
+
+/// The reserve when the policy gives none: a quarter of the local budget left after the
+/// streaming cache (when streaming is on), rounded down to a multiple of 2 MiB.
+pub fn default_reserve(local_budget: u64, streaming: &Streaming) -> u64 {
+    let room = if streaming.enabled { local_budget.saturating_sub(streaming.local_cache) } else { local_budget };
+    room / 4 / RESERVE_ALIGNMENT * RESERVE_ALIGNMENT
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -326,7 +350,40 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
                 ),
             ));
         }
-        let mut plan = DevicePlan { index: device.index, local_budget, donors, reported_total, rules: Vec::new(), default_rules: policy.rules.is_empty() };
+        let cache = if policy.streaming.enabled { policy.streaming.local_cache } else { 0 };
+        let room = local_budget - cache;
+        let reserve = match policy.placement.reserve {
+            None => default_reserve(local_budget, &policy.streaming),
+            Some(reserve) if reserve > room => {
+                let less_cache = if policy.streaming.enabled {
+                    format!(" less the streaming local_cache ({})", format_size(cache))
+                } else {
+                    String::new()
+                };
+                return Err(error(
+                    policy.placement.at,
+                    format!(
+                        "`reserve` ({}) is more than device {} can keep free: its local budget ({}){less_cache} leaves {}; \
+                         expected at most that",
+                        format_size(reserve),
+                        device.index,
+                        format_size(local_budget),
+                        format_size(room)
+                    ),
+                ));
+            }
+            Some(reserve) => reserve,
+        };
+        let mut plan = DevicePlan {
+            index: device.index,
+            local_budget,
+            donors,
+            reported_total,
+            rules: Vec::new(),
+            default_rules: policy.rules.is_empty(),
+            reserve,
+            automatic: policy.placement.automatic,
+        };
         plan.rules = if policy.rules.is_empty() {
             default_rules(&plan, &policy.streaming)
         } else {
@@ -346,7 +403,7 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
         }
         Some(pin) => pin,
     };
-    Ok(Plan { machine: machine.clone(), devices, host_pool, streaming: policy.streaming })
+    Ok(Plan { machine: machine.clone(), devices, host_pool, streaming: policy.streaming, automatic: policy.placement.automatic })
 }
 
 /// Whether every amount of the policy is a fixed size, so it resolves without knowing
@@ -516,5 +573,89 @@ mod tests {
         assert_eq!(d.placement(4096, None, Some("weights")), vec![Tier::Local]);
         assert_eq!(d.placement(8 * MIB, None, Some("weights")), vec![Tier::Host, Tier::Local]);
         assert_eq!(d.placement(8 * MIB, None, None), vec![Tier::Local, Tier::Host]);
+    }
+
+    const HOST_8G: &str = "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"32GiB\" }]\n";
+
+    #[test]
+    fn default_reserve_is_a_quarter_of_the_room_left_after_the_cache() {
+        let p = plan(HOST_8G).unwrap();
+        assert!(p.automatic);
+        let d = p.device(0).unwrap();
+        assert_eq!((d.reserve, d.automatic), (2 * GIB, true));
+        let streamed = plan(&format!("{HOST_8G}[streaming]\nenabled = true\nlocal_cache = \"2GiB\"\n")).unwrap();
+        assert_eq!(streamed.device(0).unwrap().reserve, 1536 * MIB);
+        // Rounded down to 2 MiB: a quarter of 1013 MiB is 253.25 MiB.
+        let odd = plan("[[device]]\nindex = 0\nlocal_budget = \"1013MiB\"\n").unwrap();
+        assert_eq!(odd.device(0).unwrap().reserve, 252 * MIB);
+        assert_eq!(default_reserve(3 * MIB, &Streaming::default()), 0);
+        // Each device's default follows its own budget.
+        let two = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\n[[device]]\nindex = 1\nlocal_budget = \"16GiB\"\n").unwrap();
+        assert_eq!(two.devices.iter().map(|d| d.reserve).collect::<Vec<_>>(), vec![2 * GIB, 4 * GIB]);
+    }
+
+    #[test]
+    fn an_explicit_reserve_is_kept_and_must_fit_beside_the_cache() {
+        let p = plan(&format!("{HOST_8G}[placement]\nreserve = \"5GiB\"\n")).unwrap();
+        assert_eq!(p.device(0).unwrap().reserve, 5 * GIB);
+        let p = plan(&format!("{HOST_8G}[placement]\nreserve = \"8GiB\"\n")).unwrap();
+        assert_eq!(p.device(0).unwrap().reserve, 8 * GIB);
+        let p = plan(&format!("{HOST_8G}[placement]\nreserve = 0\n")).unwrap();
+        assert_eq!(p.device(0).unwrap().reserve, 0);
+        let e = plan(&format!("{HOST_8G}[placement]\nreserve = \"9GiB\"\n")).unwrap_err();
+        assert_eq!(e.location, Location { line: 6, column: 11 });
+        assert!(e.message.contains("`reserve` (9 GiB) is more than device 0 can keep free") && e.message.contains("leaves 8 GiB"), "{e}");
+        let e = plan(&format!("{HOST_8G}[streaming]\nenabled = true\nlocal_cache = \"3GiB\"\n[placement]\nreserve = \"6GiB\"\n")).unwrap_err();
+        assert_eq!(e.location, Location { line: 9, column: 11 });
+        assert!(e.message.contains("less the streaming local_cache (3 GiB) leaves 5 GiB"), "{e}");
+        // A machine in the file makes the same check at parse time.
+        let e = parse_policy("p.toml", &format!("[machine]\ndevices = [\"24GiB\"]\nhost = \"64GiB\"\n{HOST_8G}[placement]\nreserve = \"9GiB\"\n")).unwrap_err();
+        assert_eq!(e.location.line, 9);
+    }
+
+    #[test]
+    fn default_rules_leave_every_allocation_to_automatic_placement() {
+        for text in [HOST_8G.to_string(), format!("{HOST_8G}[streaming]\nenabled = true\n")] {
+            let p = plan(&text).unwrap();
+            let d = p.device(0).unwrap();
+            for (size, phase, tag) in [(4096, None, None), (GIB, Some("load"), None), (GIB, Some("sample"), Some("weights"))] {
+                assert!(d.is_automatic(size, phase, tag), "{text}: {size} {phase:?} {tag:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn explicit_rules_win_over_automatic_placement() {
+        let p = plan(&format!("{HOST_8G}[[rule]]\nmax_size = \"1MiB\"\ntiers = [\"local\"]\n[[rule]]\ntag = \"weights\"\ntiers = [\"host\", \"local\"]\n")).unwrap();
+        let d = p.device(0).unwrap();
+        assert!(!d.default_rules);
+        assert!(!d.is_automatic(4096, None, None));
+        assert!(!d.is_automatic(8 * MIB, Some("load"), Some("weights")));
+        assert!(d.is_automatic(8 * MIB, Some("load"), None));
+        assert!(d.is_automatic(8 * MIB, None, Some("latents")));
+        // A catch-all explicit rule claims everything: nothing is left to vvram.
+        let p = plan(&format!("{HOST_8G}[[rule]]\nname = \"card first\"\ntiers = [\"local\", \"host\"]\n")).unwrap();
+        let d = p.device(0).unwrap();
+        assert!([4096, 8 * MIB, 4 * GIB].iter().all(|&size| !d.is_automatic(size, Some("load"), None)));
+        // A rule for another device leaves this one's allocations to vvram.
+        let p = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\n[[device]]\nindex = 1\nlocal_budget = \"8GiB\"\n[[rule]]\ndevice = 1\ntiers = [\"local\"]\n").unwrap();
+        assert!(p.device(0).unwrap().is_automatic(GIB, None, None));
+        assert!(!p.device(1).unwrap().is_automatic(GIB, None, None));
+    }
+
+    #[test]
+    fn turning_automatic_placement_off_keeps_the_rule_order() {
+        let on = plan(HOST_8G).unwrap();
+        let off = plan(&format!("{HOST_8G}[placement]\nautomatic = false\n")).unwrap();
+        assert!(!off.automatic);
+        let (a, b) = (on.device(0).unwrap(), off.device(0).unwrap());
+        assert!(!b.automatic);
+        assert_eq!(b.reserve, a.reserve);
+        for (size, phase) in [(4096, None), (GIB, Some("load")), (GIB, None)] {
+            assert!(!b.is_automatic(size, phase, None));
+            assert_eq!(a.placement(size, phase, None), b.placement(size, phase, None));
+        }
+        let explicit = plan(&format!("{HOST_8G}[placement]\nautomatic = false\n[[rule]]\nmax_size = \"1MiB\"\ntiers = [\"local\"]\n")).unwrap();
+        assert!(!explicit.device(0).unwrap().is_automatic(8 * MIB, None, None));
     }
 }
