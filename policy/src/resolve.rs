@@ -87,8 +87,10 @@ impl DevicePlan {
     }
 
     /// Simulates loading `total` bytes as tensors of `tensor` bytes under `phase`:
-    /// each tensor goes to the first tier of its rule with room left. Equal tensors are
-    /// placed tier by tier in bulk, so the work does not grow with `total`.
+    /// each tensor goes to the first tier of its rule with room left. A tensor left to
+    /// automatic placement goes to the card only while the reserve stays free, and into
+    /// the reserve only when every donor is full. Equal tensors are placed tier by tier
+    /// in bulk, so the work does not grow with `total`.
     pub fn fill(&self, total: u64, tensor: u64, phase: Option<&str>, tag: Option<&str>) -> Fill {
         let mut fill = Fill::default();
         let mut used: Vec<(Tier, u64)> = self.tiers().map(|(t, _)| (t, 0)).collect();
@@ -97,9 +99,14 @@ impl DevicePlan {
             if size == 0 || count == 0 {
                 continue;
             }
+            let order = self.placement(size, phase, tag);
+            let mut steps: Vec<(Tier, u64)> = order.iter().map(|&t| (t, self.capacity(t))).collect();
+            if self.is_automatic(size, phase, tag) && order.contains(&Tier::Local) {
+                steps.iter_mut().filter(|(t, _)| *t == Tier::Local).for_each(|(_, c)| *c = c.saturating_sub(self.reserve));
+                steps.push((Tier::Local, self.local_budget));
+            }
             let mut left = count;
-            for tier in self.placement(size, phase, tag) {
-                let capacity = self.capacity(tier);
+            for (tier, capacity) in steps {
                 let Some(slot) = used.iter_mut().find(|(t, _)| *t == tier) else { continue };
                 let placed = (capacity.saturating_sub(slot.1) / size).min(left);
                 if placed == 0 {
@@ -555,10 +562,21 @@ mod tests {
         let d = p.device(0).unwrap();
         assert!(d.default_rules);
         assert_eq!(d.placement(MIB, Some("load"), None), vec![Tier::Local, Tier::Host]);
+        // Automatic placement keeps the 2 GiB reserve free while donors have room.
         let fill = d.fill(24 * GIB, 64 * MIB, Some("load"), None);
-        assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 16 * GIB)]);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 6 * GIB), (Tier::Host, 18 * GIB)]);
         assert_eq!(fill.unplaced, 0);
+        let fill = d.fill(39 * GIB, 64 * MIB, Some("load"), None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 7 * GIB), (Tier::Host, 32 * GIB)]);
         assert_eq!(d.fill(48 * GIB, 64 * MIB, None, None).unplaced, 8 * GIB);
+        // Without it, the card fills first.
+        let off = plan(&format!("{text}[placement]\nautomatic = false\n")).unwrap();
+        let fill = off.device(0).unwrap().fill(24 * GIB, 64 * MIB, Some("load"), None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 16 * GIB)]);
+        // An explicit rule places exactly: its tensors may fill the reserve.
+        let pinned = plan(&format!("{text}[[rule]]\nmin_size = \"1MiB\"\ntiers = [\"local\", \"host\"]\n")).unwrap();
+        let fill = pinned.device(0).unwrap().fill(24 * GIB, 64 * MIB, Some("load"), None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 16 * GIB)]);
 
         let streamed = plan(&format!("{text}[streaming]\nenabled = true\n")).unwrap();
         let d = streamed.device(0).unwrap();

@@ -5,7 +5,7 @@ use clap::Args;
 use std::fmt::Write;
 use std::process::ExitCode;
 use vvram_policy::size::{MIB, format_size, parse_size};
-use vvram_policy::{Machine, Plan, Policy, Tier, needs_machine, resolve};
+use vvram_policy::{DevicePlan, Machine, Plan, Policy, Tier, needs_machine, resolve};
 
 /// Size of the tensors a model is simulated as when showing where it lands.
 const TENSOR_SIZE: u64 = 64 * MIB;
@@ -127,32 +127,16 @@ pub fn render(policy: &Policy, plan: &Plan, machine_known: bool, model_size: Opt
             format_size(device.reported_total),
             if device.reported_total == virtual_total { " (report = virtual)" } else { " (report = fixed size)" }
         );
-        let _ = writeln!(
-            out,
-            "\n  Rules{} — first match wins; an allocation no rule matches uses every tier in order:",
-            if device.default_rules { " (vvram's defaults: the policy gives none)" } else { "" }
-        );
-        let name_width = device.rules.iter().map(|r| r.name.as_deref().unwrap_or("-").chars().count()).max().unwrap_or(0).max(4);
-        let when_width = device.rules.iter().map(|r| r.condition().chars().count()).max().unwrap_or(0).max(4);
-        let _ = writeln!(out, "  {:<3} {:<name_width$}  {:<when_width$}  tiers", "#", "name", "when");
-        for (number, rule) in device.rules.iter().enumerate() {
-            let tiers: Vec<String> = rule.tiers.iter().map(Tier::to_string).collect();
-            let _ = writeln!(
-                out,
-                "  {:<3} {:<name_width$}  {:<when_width$}  {}",
-                number + 1,
-                rule.name.as_deref().unwrap_or("-"),
-                rule.condition(),
-                tiers.join(" → ")
-            );
-        }
+        render_placement(&mut out, policy, plan, device);
+        render_rules(&mut out, device);
         if let Some(model) = model_size {
             let fill = device.fill(model, TENSOR_SIZE, Some("load"), None);
             let _ = writeln!(
                 out,
-                "\n  A {} model loaded while phase = load, as {} tensors, lands:",
+                "\n  A {} model loaded while phase = load, as {} tensors, lands{}:",
                 format_size(model),
-                format_size(TENSOR_SIZE)
+                format_size(TENSOR_SIZE),
+                if device.is_automatic(TENSOR_SIZE, Some("load"), None) { " (at load: the reserve stays free while donors have room)" } else { "" }
             );
             for (tier, bytes) in &fill.per_tier {
                 let _ = writeln!(
@@ -187,4 +171,56 @@ pub fn render(policy: &Policy, plan: &Plan, machine_known: bool, model_size: Opt
         let _ = writeln!(out, "Streaming: off (donor-tier data is read across the link where it lies)");
     }
     out
+}
+
+/// Whether automatic placement is on, and the device's reserve with where it comes from.
+fn render_placement(out: &mut String, policy: &Policy, plan: &Plan, device: &DevicePlan) {
+    if !device.automatic {
+        let _ = writeln!(
+            out,
+            "\n  Automatic placement: off ([placement] automatic = false) — the rules alone place every allocation; nothing is moved"
+        );
+        return;
+    }
+    let _ = writeln!(out, "\n  Automatic placement: on — what no explicit rule places, vvram places by use and moves between tiers");
+    let origin = match policy.placement.reserve {
+        Some(_) => format!("set by `reserve` at line {}", policy.placement.at.line),
+        None if plan.streaming.enabled => format!(
+            "default: a quarter of the local budget {} less the streaming cache {}, rounded down to 2 MiB",
+            format_size(device.local_budget),
+            format_size(plan.streaming.local_cache)
+        ),
+        None => format!("default: a quarter of the local budget {}, rounded down to 2 MiB", format_size(device.local_budget)),
+    };
+    let _ = writeln!(out, "  Reserve: {} of the card kept free while the model loads ({origin})", format_size(device.reserve));
+}
+
+/// The rule table, each rule marked as fixing placement or leaving it to vvram.
+fn render_rules(out: &mut String, device: &DevicePlan) {
+    let leftover = if device.automatic { "is placed by use" } else { "uses every tier in order" };
+    let _ = writeln!(
+        out,
+        "\n  Rules{} — first match wins; an allocation no rule matches {leftover}:",
+        if device.default_rules { " (vvram's defaults: the policy gives none)" } else { "" }
+    );
+    let name_width = device.rules.iter().map(|r| r.name.as_deref().unwrap_or("-").chars().count()).max().unwrap_or(0).max(4);
+    let when_width = device.rules.iter().map(|r| r.condition().chars().count()).max().unwrap_or(0).max(4);
+    let tiers: Vec<String> = device.rules.iter().map(|r| r.tiers.iter().map(Tier::to_string).collect::<Vec<_>>().join(" → ")).collect();
+    let tiers_width = tiers.iter().map(|t| t.chars().count()).max().unwrap_or(0).max(5);
+    let _ = writeln!(out, "  {:<3} {:<name_width$}  {:<when_width$}  {:<tiers_width$}  placement", "#", "name", "when", "tiers");
+    for (number, (rule, tiers)) in device.rules.iter().zip(&tiers).enumerate() {
+        let placement = match (device.automatic, device.default_rules) {
+            (true, true) => "by use (tiers: the order tried at load)",
+            (true, false) => "fixed by this rule, never moved",
+            (false, _) => "fixed by this rule",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<3} {:<name_width$}  {:<when_width$}  {:<tiers_width$}  {placement}",
+            number + 1,
+            rule.name.as_deref().unwrap_or("-"),
+            rule.condition(),
+            tiers
+        );
+    }
 }

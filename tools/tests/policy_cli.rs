@@ -40,6 +40,57 @@ fn every_example_policy_explains_on_its_target_machine() {
     }
 }
 
+/// Every example policy and ComfyUI preset leaves model-sized allocations to automatic
+/// placement: a catch-all rule would place them by rule and turn it off for them.
+#[test]
+fn examples_and_presets_rely_on_automatic_placement() {
+    let presets = std::fs::read_dir(repo().join("tools/comfyui/presets"))
+        .unwrap()
+        .map(|e| format!("tools/comfyui/presets/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".toml"));
+    let files: Vec<String> = example_policies().into_iter().chain(presets).collect();
+    assert!(files.len() >= 30, "{files:?}");
+    let machine = vvram_policy::Machine::from_args("0:24GiB,1:24GiB", "64GiB").unwrap();
+    for file in files {
+        let text = std::fs::read_to_string(repo().join(&file)).unwrap();
+        let policy = vvram_policy::parse_policy(&file, &text).unwrap();
+        let plan = vvram_policy::resolve(&policy, &machine).unwrap();
+        assert!(plan.automatic, "{file}");
+        for device in &plan.devices {
+            for phase in [None, Some("load"), Some("sampling")] {
+                assert!(device.is_automatic(64 << 20, phase, None), "{file}: a 64 MiB allocation in phase {phase:?} is placed by a rule");
+            }
+        }
+    }
+}
+
+#[test]
+fn explain_shows_an_explicit_reserve_and_automatic_placement_turned_off() {
+    let out = vvram(&["explain", "examples/policies/wan-14b-12gb.toml", "--model-size", "28GiB", "--devices", "0:12GiB", "--host", "64GiB"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("  Automatic placement: on — what no explicit rule places, vvram places by use"), "{stdout}");
+    assert!(stdout.contains("  Reserve: 4 GiB of the card kept free while the model loads (set by `reserve` at line 18)"), "{stdout}");
+    assert!(stdout.contains("by use (tiers: the order tried at load)"), "{stdout}");
+
+    let dir = std::env::temp_dir().join(format!("vvram-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("manual.toml");
+    let policy = "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"32GiB\" }]\n\
+                  [[rule]]\nname = \"small stays local\"\nmax_size = \"1MiB\"\ntiers = [\"local\"]\n[placement]\nautomatic = false\n";
+    std::fs::write(&file, policy).unwrap();
+    let out = vvram(&["explain", file.to_str().unwrap(), "--model-size", "12GiB"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("  Automatic placement: off ([placement] automatic = false) — the rules alone place every allocation; nothing is moved"), "{stdout}");
+    assert!(!stdout.contains("Reserve:"), "{stdout}");
+    assert!(stdout.contains("an allocation no rule matches uses every tier in order:"), "{stdout}");
+    assert!(stdout.contains("size < 1 MiB  local  fixed by this rule\n"), "{stdout}");
+    // The card fills first: no reserve is kept at load.
+    assert!(stdout.contains("lands:\n    local             8 GiB   66.7%\n    host              4 GiB   33.3%\n"), "{stdout}");
+}
+
 #[test]
 fn misspelled_key_exits_2_naming_line_column_and_key() {
     let dir = std::env::temp_dir().join(format!("vvram-check-{}", std::process::id()));
@@ -127,4 +178,11 @@ fn enormous_sizes_are_answered_at_once_and_never_crash() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("more than 16 EiB"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn explain_snapshot_streaming_with_the_default_reserve() {
+    let out = vvram(&["explain", "examples/policies/qwen-image-bf16-24gb.toml", "--model-size", "38GiB"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_snapshot("explain_qwen_streaming.txt", &String::from_utf8(out.stdout).unwrap());
 }
