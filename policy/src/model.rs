@@ -221,7 +221,7 @@ pub struct Placement {
     /// Local VRAM kept free while the model loads; `None` means the default (a quarter of
     /// the budget left after the streaming cache).
     pub reserve: Option<u64>,
-    /// Where `reserve` was written (else the `[placement]` table, else line 0).
+    /// Where `reserve` was written (line 0 when the policy gives none).
     pub at: Location,
 }
 
