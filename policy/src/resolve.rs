@@ -362,19 +362,22 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
         let reserve = match policy.placement.reserve {
             None => default_reserve(local_budget, &policy.streaming),
             Some(reserve) if reserve > room => {
-                let less_cache = if policy.streaming.enabled {
-                    format!(" less the streaming local_cache ({})", format_size(cache))
+                let what = if policy.streaming.enabled {
+                    format!(
+                        "can keep free: its local budget ({}) less the streaming local_cache ({}) leaves {}",
+                        format_size(local_budget),
+                        format_size(cache),
+                        format_size(room)
+                    )
                 } else {
-                    String::new()
+                    format!("has: its local budget is {}", format_size(local_budget))
                 };
                 return Err(error(
                     policy.placement.at,
                     format!(
-                        "`reserve` ({}) is more than device {} can keep free: its local budget ({}){less_cache} leaves {}; \
-                         expected at most that",
+                        "`reserve` ({}) is more than device {} {what}; expected at most {}",
                         format_size(reserve),
                         device.index,
-                        format_size(local_budget),
                         format_size(room)
                     ),
                 ));
@@ -622,10 +625,13 @@ mod tests {
         assert_eq!(p.device(0).unwrap().reserve, 0);
         let e = plan(&format!("{HOST_8G}[placement]\nreserve = \"9GiB\"\n")).unwrap_err();
         assert_eq!(e.location, Location { line: 6, column: 11 });
-        assert!(e.message.contains("`reserve` (9 GiB) is more than device 0 can keep free") && e.message.contains("leaves 8 GiB"), "{e}");
+        assert_eq!(e.message, "`reserve` (9 GiB) is more than device 0 has: its local budget is 8 GiB; expected at most 8 GiB");
         let e = plan(&format!("{HOST_8G}[streaming]\nenabled = true\nlocal_cache = \"3GiB\"\n[placement]\nreserve = \"6GiB\"\n")).unwrap_err();
         assert_eq!(e.location, Location { line: 9, column: 11 });
-        assert!(e.message.contains("less the streaming local_cache (3 GiB) leaves 5 GiB"), "{e}");
+        assert_eq!(
+            e.message,
+            "`reserve` (6 GiB) is more than device 0 can keep free: its local budget (8 GiB) less the streaming local_cache (3 GiB) leaves 5 GiB; expected at most 5 GiB"
+        );
         // A machine in the file makes the same check at parse time.
         let e = parse_policy("p.toml", &format!("[machine]\ndevices = [\"24GiB\"]\nhost = \"64GiB\"\n{HOST_8G}[placement]\nreserve = \"9GiB\"\n")).unwrap_err();
         assert_eq!(e.location.line, 9);

@@ -1,14 +1,16 @@
 //! `vvram check`: validate policies.
 
-use crate::load::{LoadError, PolicySource, load_policy, machine_from_args};
+use crate::load::{LoadError, PolicySource, load_policy, machine_from_args, unbounded_machine};
 use clap::Args;
 use std::process::ExitCode;
-use vvram_policy::resolve;
+use vvram_policy::{needs_machine, resolve};
 
 /// Validate policy files (exit 0 when all are valid, 2 when one is not).
 ///
 /// Messages go to stderr as FILE:LINE:COLUMN: MESSAGE. With --devices and --host (or a
-/// [machine] table in the file) donations are also checked against the machine.
+/// [machine] table in the file) donations are also checked against the machine; without
+/// one, a policy in fixed sizes is still checked against itself (the streaming cache and
+/// the reserve must fit in each local budget, pin_ahead in the host donations).
 ///
 /// Example: vvram check examples/policies/*.toml
 #[derive(Args)]
@@ -53,7 +55,8 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         };
         let result = load_policy(source).and_then(|policy| match &machine {
             Some(machine) => resolve(&policy, machine).map(|_| ()).map_err(LoadError::Invalid),
-            None => Ok(()),
+            None if needs_machine(&policy) => Ok(()),
+            None => resolve(&policy, &unbounded_machine(&policy)).map(|_| ()).map_err(LoadError::Invalid),
         });
         let error = result.err();
         if let Some(error) = &error {

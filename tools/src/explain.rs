@@ -1,11 +1,11 @@
 //! `vvram explain`: the resolved plan of a policy as a readable table.
 
-use crate::load::{PolicySource, load_policy, machine_from_args};
+use crate::load::{PolicySource, load_policy, machine_from_args, unbounded_machine};
 use clap::Args;
 use std::fmt::Write;
 use std::process::ExitCode;
 use vvram_policy::size::{MIB, format_size, parse_size};
-use vvram_policy::{DevicePlan, Machine, Plan, Policy, Tier, needs_machine, resolve};
+use vvram_policy::{DevicePlan, Plan, Policy, Tier, needs_machine, resolve};
 
 /// Size of the tensors a model is simulated as when showing where it lands.
 const TENSOR_SIZE: u64 = 64 * MIB;
@@ -79,22 +79,6 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// A machine large enough for any fixed-size policy, used when none is known.
-fn unbounded_machine(policy: &Policy) -> Machine {
-    let highest = policy
-        .devices
-        .iter()
-        .flat_map(|d| {
-            std::iter::once(d.index).chain(d.donors.iter().filter_map(|x| match x.tier {
-                Tier::Peer(n) => Some(n),
-                _ => None,
-            }))
-        })
-        .max()
-        .unwrap_or(0);
-    Machine { devices: vec![u64::MAX / 64; highest as usize + 1], host: u64::MAX / 64, ..Machine::default() }
 }
 
 /// The plan as text.

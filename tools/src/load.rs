@@ -1,6 +1,6 @@
 //! Loading policies and machines from files and command-line arguments.
 
-use vvram_policy::{Machine, Policy, PolicyError, parse_policy, policy_from_allocation, read_policy_file};
+use vvram_policy::{Machine, Policy, PolicyError, Tier, parse_policy, policy_from_allocation, read_policy_file};
 
 /// Where a policy comes from.
 pub enum PolicySource<'a> {
@@ -47,4 +47,21 @@ pub fn machine_from_args(devices: Option<&str>, host: Option<&str>) -> Result<Op
         (Some(devices), Some(host)) => Machine::from_args(devices, host).map(Some),
         _ => Err("--devices and --host go together: give both, e.g. --devices \"0:24GiB\" --host 64GiB".into()),
     }
+}
+
+/// A machine large enough for any fixed-size policy, used when none is known: resolving
+/// against it checks everything but what the policy gives out of the real machine.
+pub fn unbounded_machine(policy: &Policy) -> Machine {
+    let highest = policy
+        .devices
+        .iter()
+        .flat_map(|d| {
+            std::iter::once(d.index).chain(d.donors.iter().filter_map(|x| match x.tier {
+                Tier::Peer(n) => Some(n),
+                _ => None,
+            }))
+        })
+        .max()
+        .unwrap_or(0);
+    Machine { devices: vec![u64::MAX / 64; highest as usize + 1], host: u64::MAX / 64, ..Machine::default() }
 }

@@ -129,6 +129,25 @@ fn check_against_a_machine_and_allocation_strings() {
 }
 
 #[test]
+fn a_reserve_the_budget_cannot_keep_free_is_refused_without_a_machine() {
+    let dir = std::env::temp_dir().join(format!("vvram-check-reserve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("reserve.toml");
+    let text = "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\n[streaming]\nenabled = true\n[placement]\nreserve = \"7GiB\"\n";
+    std::fs::write(&file, text).unwrap();
+    let out = vvram(&["check", file.to_str().unwrap()]);
+    let fits = vvram(&["check", "--alloc", "cuda:0,8gb;cpu,8gb"]);
+    std::fs::write(&file, text.replace("7GiB", "6GiB")).unwrap();
+    let six = vvram(&["check", file.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reserve.toml:7:11: `reserve` (7 GiB) is more than device 0 can keep free") && stderr.contains("expected at most 6 GiB"), "{stderr}");
+    assert_eq!(fits.status.code(), Some(0), "{}", String::from_utf8_lossy(&fits.stderr));
+    assert_eq!(six.status.code(), Some(0), "{}", String::from_utf8_lossy(&six.stderr));
+}
+
+#[test]
 fn explain_needs_a_machine_for_relative_amounts() {
     let out = vvram(&["explain", "--alloc", "cuda:0,0.5;cpu,0.5"]);
     assert_eq!(out.status.code(), Some(2));
