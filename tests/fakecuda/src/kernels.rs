@@ -35,6 +35,24 @@ pub enum Kernel {
     TmapSum,
 }
 
+/// How a kernel crosses the bytes of one operand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read once.
+    Read,
+    /// Written once.
+    Write,
+    /// Read, then written.
+    ReadWrite,
+    /// Read again for every tile of the output (a GEMM's weight).
+    Tiled,
+}
+
+/// The 8-byte word at `offset` of a packed parameter buffer.
+fn word(params: &[u8], offset: usize) -> Option<u64> {
+    params.get(offset..offset + 8).map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+}
+
 /// Where `packed_sum` finds its five pointers.
 pub const PACKED_POINTERS: [usize; 5] = [0, 200, 512, 1000, 1712];
 
@@ -103,13 +121,29 @@ impl Kernel {
         }
     }
 
-    /// The weight operand and run time of a kernel that has them (`weight_sum`): its
-    /// address, its bytes and the run time in nanoseconds, from the packed parameters.
-    pub fn weight_operand(self, params: &[u8]) -> Option<(u64, u64, u64)> {
-        let word = |offset: usize| params.get(offset..offset + 8).map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+    /// The run time a kernel asks for (`weight_sum`'s last parameter), nanoseconds.
+    pub fn run_ns(self, params: &[u8]) -> Option<u64> {
         match self {
-            Kernel::WeightSum => Some((word(0)?, word(8)?.saturating_mul(4), word(24)?)),
+            Kernel::WeightSum => word(params, 24),
             _ => None,
+        }
+    }
+
+    /// The buffers a kernel streams through, from its packed parameters: each as its
+    /// address, its bytes and how the kernel crosses them (single-float outputs and
+    /// tensor maps are left out).
+    pub fn operands(self, params: &[u8]) -> Vec<(u64, u64, Access)> {
+        let word = |offset: usize| word(params, offset).unwrap_or(0);
+        let floats = |offset: usize| word(offset).saturating_mul(4);
+        match self {
+            Kernel::FillF32 => vec![(word(0), floats(16), Access::Write)],
+            Kernel::ScaleF32 => vec![(word(0), floats(16), Access::ReadWrite)],
+            Kernel::SumF32 => vec![(word(0), floats(16), Access::Read)],
+            Kernel::Copy => vec![(word(8), word(16), Access::Read), (word(0), word(16), Access::Write)],
+            Kernel::StructCopy => vec![(word(0), floats(16), Access::Read), (word(8), floats(16), Access::Write)],
+            Kernel::WeightSum => vec![(word(0), floats(8), Access::Tiled)],
+            Kernel::PackedSum => PACKED_POINTERS.iter().map(|&offset| (word(offset), floats(8), Access::Read)).collect(),
+            Kernel::TmapSum => Vec::new(),
         }
     }
 
@@ -217,6 +251,19 @@ mod tests {
         let ptx = b".version 8.0\n.visible .entry fill_f32(\n.param .u64 a\n)\n.visible .entry copy (";
         assert_eq!(declared_in(ptx), vec![Kernel::FillF32, Kernel::Copy]);
         assert!(declared_in(b"garbage").is_empty());
+    }
+
+    #[test]
+    fn operands_name_the_buffers_a_kernel_streams_through() {
+        let mut params = vec![0u8; 32];
+        for (offset, value) in [(0, 0x1000u64), (8, 0x2000), (16, 64), (24, 7)] {
+            params[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+        }
+        assert_eq!(Kernel::Copy.operands(&params), vec![(0x2000, 64, Access::Read), (0x1000, 64, Access::Write)]);
+        assert_eq!(Kernel::ScaleF32.operands(&params), vec![(0x1000, 256, Access::ReadWrite)]);
+        assert_eq!(Kernel::WeightSum.operands(&params), vec![(0x1000, 0x2000 * 4, Access::Tiled)]);
+        assert_eq!((Kernel::WeightSum.run_ns(&params), Kernel::Copy.run_ns(&params)), (Some(7), None));
+        assert!(Kernel::TmapSum.operands(&params).is_empty());
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //!   device-to-host copy the D2H engine; both directions run at once, and beside the
 //!   compute engine. Device-to-device and host-to-host copies take no modelled time.
 //! * A kernel takes the longest of `FAKECUDA_KERNEL_US`, its own run time (`weight_sum`'s
-//!   `ns` parameter) and, for the bytes of its weight operand that live in host memory,
-//!   `bytes × FAKECUDA_ZERO_COPY_REREAD / FAKECUDA_ZERO_COPY_GBPS` (a GEMM re-reads its
-//!   weight tiles; zero-copy reads cross the link every time).
+//!   `ns` parameter) and the time its operands' bytes that live in host memory take to
+//!   cross the link at `FAKECUDA_ZERO_COPY_GBPS`: once for a read or a write, twice for
+//!   a read-modify-write (`scale_f32`), `FAKECUDA_ZERO_COPY_REREAD` times for
+//!   `weight_sum`'s weight (a GEMM re-reads its weight tiles; zero-copy reads cross the
+//!   link every time).
 //!
 //! Time is virtual: nothing sleeps. Each piece of stream work starts when the work before
 //! it on its stream, the work it waits for on other streams, its engine and the
@@ -22,7 +24,7 @@
 //! the order their workers reach it. Without `FAKECUDA_LINK_GBPS` only
 //! `FAKECUDA_KERNEL_US` and `weight_sum`'s run time delay kernels, in real time.
 
-use crate::kernels::Kernel;
+use crate::kernels::{Access, Kernel};
 use crate::memory::{self, Place};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,13 +128,21 @@ pub fn copy_cost(dst: u64, src: u64, bytes: u64) -> Option<Cost> {
 
 /// How long a kernel runs, from its packed parameters (application addresses).
 pub fn kernel_time(kernel: Kernel, params: &[u8], kernel_us: u64) -> Duration {
-    let mut time = Duration::from_micros(kernel_us);
-    if let Some((weight, bytes, run_ns)) = kernel.weight_operand(params) {
-        time = time.max(Duration::from_nanos(run_ns));
-        if let Some(model) = model() {
-            let host = host_bytes(weight, bytes) as f64;
-            time = time.max(seconds(host * model.reread / model.zero_copy));
-        }
+    let mut time = Duration::from_micros(kernel_us).max(Duration::from_nanos(kernel.run_ns(params).unwrap_or(0)));
+    if let Some(model) = model() {
+        let crossed: f64 = kernel
+            .operands(params)
+            .into_iter()
+            .map(|(address, bytes, access)| {
+                let passes = match access {
+                    Access::Read | Access::Write => 1.0,
+                    Access::ReadWrite => 2.0,
+                    Access::Tiled => model.reread,
+                };
+                host_bytes(address, bytes) as f64 * passes
+            })
+            .sum();
+        time = time.max(seconds(crossed / model.zero_copy));
     }
     time
 }
