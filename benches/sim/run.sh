@@ -10,7 +10,9 @@
 #   sim host=<fraction> engine=<r> baseline=<r> zero_copy=<r>
 #   sim-unmodified host=<fraction> engine=<r> donor_hot_bytes=<n>
 # Ratios use the mean of steps 2-8 (step 1 loads the cache and teaches the predictor).
-# Every local budget holds the activations (8 MiB) besides the weights left local.
+# Every local budget holds the activations (8 MiB) besides the weights left local. The
+# hand-placed variants allocate activations before weights and turn automatic placement
+# off; the unmodified one runs on vvram's defaults with the engine's 1/6 cache.
 # Moving the whole model takes 2.5x a step's compute, as FLUX.1-dev on an H100. Times
 # are the fake driver's virtual clock (tests/fakecuda/src/timing.rs): exact, independent
 # of the machine's load. The engine runs with a local cache of 1/6 of the model (the
@@ -37,15 +39,22 @@ export LD_LIBRARY_PATH="$PWD/$lib" FAKECUDA_DEVICES=1GiB FAKECUDA_LINK_GBPS="$li
 unset LD_PRELOAD VVRAM_POLICY VVRAM_ALLOC
 echo "model $((model_bytes >> 20)) MiB, activations $((activation_bytes >> 20)) MiB, compute per step $((step_ns / 1000000)) ms, link $link_gbps GB/s, zero-copy re-read ${FAKECUDA_ZERO_COPY_REREAD:-8}x"
 
-policy() { # host_fraction streaming cache_bytes
-    python3 - "$1" "$2" "$model_bytes" "${3:-0}" "$activation_bytes" <<'PY'
+# A policy: the local budget holds the weights left local, the activations, a chunk for
+# small buffers and, with streaming, the cache. Hand-placed variants turn automatic
+# placement off (their allocation order is the placement); the unmodified one leaves it
+# to vvram's defaults.
+policy() { # host_fraction streaming cache_bytes hand|auto
+    python3 - "$1" "$2" "$model_bytes" "$3" "$activation_bytes" "$4" <<'PY'
 import sys
 fraction, streaming, model, cache, activations = float(sys.argv[1]), sys.argv[2] == "on", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+hand = sys.argv[6] == "hand"
 chunk = 2 << 20
 local = -(-int((1 - fraction) * model) // chunk) * chunk + chunk + activations + (cache if streaming else 0)
 print(f'[[device]]\nindex = 0\nlocal_budget = {local}\ndonors = [{{ tier = "host", capacity = "512MiB" }}]')
 if streaming:
     print(f'[streaming]\nenabled = true\nlocal_cache = {cache}')
+if hand:
+    print('[placement]\nautomatic = false')
 PY
 }
 
@@ -61,15 +70,16 @@ run() { # variant fraction [policy-file]: writes $work/VARIANT-FRACTION.txt, pri
 
 run local 0
 for fraction in 0.1667 0.5 0.8333; do
-    policy "$fraction" off > "$work/zero-copy-$fraction.toml"
+    policy "$fraction" off 0 hand > "$work/zero-copy-$fraction.toml"
     run baseline "$fraction"
     run zero-copy "$fraction" "$work/zero-copy-$fraction.toml"
     for share in 12 6; do
-        policy "$fraction" on "$(cache_bytes $share)" > "$work/engine$share-$fraction.toml"
+        policy "$fraction" on "$(cache_bytes $share)" hand > "$work/engine$share-$fraction.toml"
         run "engine" "$fraction" "$work/engine$share-$fraction.toml"
         mv "$work/engine-$fraction.txt" "$work/engine$share-$fraction.txt"
     done
-    run unmodified "$fraction" "$work/engine6-$fraction.toml"
+    policy "$fraction" on "$(cache_bytes 6)" auto > "$work/unmodified-$fraction.toml"
+    run unmodified "$fraction" "$work/unmodified-$fraction.toml"
 done
 python3 - "$work" "$link_gbps" <<'PY'
 import glob, os, sys
