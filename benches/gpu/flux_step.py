@@ -3,14 +3,22 @@
 # tokens. Loaded, then run for 8 steps; steps 3-8 are timed. One variant per process
 # (libvvram.so must be preloaded at start), driven by flux_bench.sh:
 #
-#   python3 flux_step.py resident|vvram|baseline HOST_GB OUT.pt
+#   python3 flux_step.py resident|vvram|unmodified|baseline HOST_GB OUT.pt
 #
 # resident: every weight on the GPU. vvram: the same code; libvvram.so's policy decides
-# where weights live (zero-copy or the migration engine). baseline: the blocks past
+# where weights live (zero-copy or the migration engine); a 6 GB margin is allocated
+# before the weights and freed after, so local-first placement leaves the activations
+# room on the card (placement by hand). unmodified: what ComfyUI does, no margin and no
+# phase: the weights load first, the activations come when sampling starts, and
+# libvvram.so alone decides where everything lives. baseline: the blocks past
 # (total - HOST_GB) kept in pinned host memory and copied block by block into two GPU
 # slots on a side stream, block i+1 while block i computes (DisTorch2 / ComfyUI low-VRAM).
-# Prints a JSON line: step times, the output's path, bytes of weights, pinned H2D GB/s.
-import json, sys, time
+# Prints a JSON line: step times, the output's path, bytes of weights, pinned H2D GB/s;
+# under libvvram.so also donor_bytes (what vvram placed off the card, engine.donor_bytes)
+# and donor_hot_bytes (bytes used more than once per step that live on a donor,
+# working_set.donor_hot_bytes, null when this libvvram.so does not report it), read from
+# vvram_stats_json after the last step.
+import ctypes, json, sys, time
 import torch
 import torch.nn.functional as F
 
@@ -68,8 +76,24 @@ def pinned_bandwidth():
     del host, gpu
     return bw
 
+def vvram_stats():
+    """libvvram.so's statistics (vvram_stats_json), or None when it is not preloaded."""
+    process = ctypes.CDLL(None)
+    if not hasattr(process, "vvram_stats_json"):
+        return None
+    process.vvram_stats_json.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    process.vvram_stats_json.restype = ctypes.c_size_t
+    size = 1 << 16
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        needed = process.vvram_stats_json(buffer, size)
+        if needed <= size:
+            return json.loads(buffer.value)
+        size = needed * 2
+
 def main():
-    bandwidth = pinned_bandwidth() if variant != "vvram" else None
+    under_vvram = variant in ("vvram", "unmodified")
+    bandwidth = None if under_vvram else pinned_bandwidth()
     # Room for activations while weights load (vvram fills its local budget in order).
     margin = torch.empty(6 << 30, dtype=torch.uint8, device=dev) if variant == "vvram" else None
     weights, total = [], 0
@@ -132,8 +156,15 @@ def main():
                 computed[i % 2].record()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
+    stats = vvram_stats() if under_vvram else None
+    if under_vvram and stats is None:
+        sys.exit(f"flux_step.py {variant}: libvvram.so is not preloaded (no vvram_stats_json)")
     torch.save(x.float().cpu(), out_path)
-    print(json.dumps({"variant": variant, "host_gb": host_gb, "steps": times, "timed_from": TIMED_FROM,
-                      "weight_bytes": total, "h2d_gbps": bandwidth, "allocator": torch.cuda.get_allocator_backend()}))
+    report = {"variant": variant, "host_gb": host_gb, "steps": times, "timed_from": TIMED_FROM,
+              "weight_bytes": total, "h2d_gbps": bandwidth, "allocator": torch.cuda.get_allocator_backend()}
+    if stats is not None:
+        report["donor_bytes"] = stats["engine"]["donor_bytes"]
+        report["donor_hot_bytes"] = stats.get("working_set", {}).get("donor_hot_bytes")
+    print(json.dumps(report))
 
 main()
