@@ -7,9 +7,10 @@
 mod driver;
 mod manager;
 mod memory_driver;
+pub mod working_set;
 
 pub use driver::{Driver, EventId, Handle, Location};
-pub use manager::{FIRST_BUFFER_ID, 
+pub use manager::{FIRST_BUFFER_ID, ExtentPlacement, MoveTarget, PendingMove,
     AllocationInfo, CHUNK, MAX_RESERVATION, Counters, DeviceUsage, MemoryManager, Request, SMALL_ALIGN, SMALL_LIMIT, Segment, TierUsage,
 };
 pub use memory_driver::{Calls, MemoryDriver};

@@ -12,9 +12,14 @@
 //!   is skipped like a full one and the error counted.
 //! * Freed host chunks return to a pool of pinned memory, which a background thread keeps
 //!   filled to the policy's `pin_ahead` (creating pinned memory is slow).
+//! * Automatic placement (streaming on, and no explicit rule matching): until the device is
+//!   *settled* (the engine has seen a repeating step), an extent that would leave less than
+//!   the working-set reserve free on the device goes to donors first. Such extents are
+//!   *movable*: [`MemoryManager::begin_move`] and [`MemoryManager::finish_move`] move their
+//!   backing to another tier at the same virtual addresses (see `working_set`).
 
 use crate::driver::{Driver, EventId, Handle, Location};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use vvram_cuda::{CUresult, result};
 use vvram_policy::{Plan, Tier};
 
@@ -124,6 +129,48 @@ struct Allocation {
     span: u64,
     id: u64,
     backing: Backing,
+    /// Placed automatically: its backing may move between tiers.
+    movable: bool,
+}
+
+/// An own extent (not a slab piece) of a compute device and where its memory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtentPlacement {
+    /// First byte.
+    pub base: u64,
+    /// Bytes asked for.
+    pub size: u64,
+    /// Physical bytes (whole chunks).
+    pub span: u64,
+    /// Bytes on the compute device.
+    pub local_bytes: u64,
+    /// Placed automatically (may move).
+    pub movable: bool,
+}
+
+/// A move begun by [`MemoryManager::begin_move`]: the new backing is mapped at `staging`
+/// (same size as the extent); the caller copies the extent there, ordered after every
+/// operation that used it, then calls [`MemoryManager::finish_move`] (or
+/// [`MemoryManager::abort_move`]).
+#[derive(Debug)]
+pub struct PendingMove {
+    /// The extent's first byte.
+    pub base: u64,
+    /// Where the new backing is mapped meanwhile.
+    pub staging: u64,
+    /// Bytes to copy (whole chunks).
+    pub span: u64,
+    space: usize,
+    chunks: Vec<Chunk>,
+}
+
+/// Where a move goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveTarget {
+    /// The donors, in the device's order, first with room.
+    Donors,
+    /// The compute device.
+    Local,
 }
 
 #[derive(Debug)]
@@ -163,6 +210,8 @@ pub struct MemoryManager<D: Driver> {
     deferred: HashMap<u64, Allocation>,
     next_id: u64,
     counters: Counters,
+    settled: HashSet<u32>,
+    cache_bytes: HashMap<u32, u64>,
 }
 
 /// A chunk whose unmap or release failed. It stays counted as used (the driver still
@@ -201,6 +250,8 @@ impl<D: Driver> MemoryManager<D> {
             deferred: HashMap::new(),
             next_id: FIRST_BUFFER_ID - 1,
             counters: Counters::default(),
+            settled: HashSet::new(),
+            cache_bytes: HashMap::new(),
         }
     }
 
@@ -453,6 +504,7 @@ impl<D: Driver> MemoryManager<D> {
         let placed = self.try_allocate_on(request, Some(&[Tier::Local]));
         if placed.is_ok() {
             self.counters.allocations += 1;
+            *self.cache_bytes.entry(device).or_default() += size.next_multiple_of(CHUNK);
         }
         placed
     }
@@ -483,12 +535,17 @@ impl<D: Driver> MemoryManager<D> {
             return Err(result::INVALID_VALUE);
         }
         let plan = self.plan.device(request.device).ok_or(result::INVALID_VALUE)?;
-        let order = tiers.map_or_else(|| plan.placement(request.size, request.phase, request.tag), <[Tier]>::to_vec);
+        let mut order = tiers.map_or_else(|| plan.placement(request.size, request.phase, request.tag), <[Tier]>::to_vec);
         let space = self.space_index(request.device)?;
         if request.size < SMALL_LIMIT {
             return self.allocate_small(space, request, &order);
         }
         let span = round_up(request.size, CHUNK).ok_or(result::OUT_OF_MEMORY)?;
+        let movable = tiers.is_none() && self.automatic(request);
+        if movable && !self.settled.contains(&request.device) && !self.leaves_reserve(request.device, span) {
+            // Loading: keep the reserve for what sampling will use many times.
+            order.sort_by_key(|tier| *tier == Tier::Local);
+        }
         let start = self.take_address_space(space, span)?;
         let mut chunks = Vec::with_capacity((span / CHUNK) as usize);
         let mut full = Vec::new();
@@ -521,9 +578,185 @@ impl<D: Driver> MemoryManager<D> {
         self.spaces[space].allocations += 1;
         self.allocations.insert(
             start,
-            Allocation { device: request.device, size: request.size, span, id, backing: Backing::Extent(chunks) },
+            Allocation { device: request.device, size: request.size, span, id, backing: Backing::Extent(chunks), movable },
         );
         Ok(start)
+    }
+
+    /// Whether `request` is placed automatically: the device streams, the policy leaves
+    /// placement to vvram (no explicit rule matches) and it gets its own extent.
+    fn automatic(&self, request: Request) -> bool {
+        self.plan.streaming.enabled
+            && request.size >= SMALL_LIMIT
+            && self.plan.device(request.device).is_some_and(|d| d.is_automatic(request.size, request.phase, request.tag))
+    }
+
+    /// Whether `span` more bytes on `device` (besides the engine's cache) still leave the
+    /// working-set reserve free.
+    fn leaves_reserve(&self, device: u32, span: u64) -> bool {
+        let Some(plan) = self.plan.device(device) else { return true };
+        let cache = self.plan.streaming.local_cache;
+        let allowed = plan.local_budget.saturating_sub(cache).saturating_sub(plan.reserve);
+        let placed = self.local_used(device).saturating_sub(self.cache_bytes.get(&device).copied().unwrap_or(0));
+        placed.saturating_add(span) <= allowed
+    }
+
+    fn local_used(&self, device: u32) -> u64 {
+        self.spaces.iter().find(|s| s.device == device).and_then(|s| s.used.get(&Tier::Local)).copied().unwrap_or(0)
+    }
+
+    /// Bytes of the device's local budget not in use.
+    pub fn local_free(&self, device: u32) -> u64 {
+        self.capacity(device, Tier::Local).saturating_sub(self.local_used(device))
+    }
+
+    /// Ends the load: from now on automatic placement on `device` no longer keeps the
+    /// reserve (the engine has seen a repeating step; moves keep the working set local).
+    pub fn settle(&mut self, device: u32) {
+        self.settled.insert(device);
+    }
+
+    /// Whether [`Self::settle`] was called for `device`.
+    pub fn settled(&self, device: u32) -> bool {
+        self.settled.contains(&device)
+    }
+
+    /// For an automatic request on a settled device whose first choice is the device
+    /// itself: how many more bytes the device would need free to take it whole.
+    pub fn shortfall(&self, request: Request) -> Option<u64> {
+        if !self.settled.contains(&request.device) || !self.automatic(request) {
+            return None;
+        }
+        let plan = self.plan.device(request.device)?;
+        if plan.placement(request.size, request.phase, request.tag).first() != Some(&Tier::Local) {
+            return None;
+        }
+        let span = round_up(request.size, CHUNK)?;
+        span.checked_sub(self.local_free(request.device)).filter(|need| *need > 0)
+    }
+
+    /// The own extents (not slab pieces) of `device`, with where their memory is.
+    pub fn extents(&self, device: u32) -> Vec<ExtentPlacement> {
+        self.allocations
+            .iter()
+            .filter(|(_, a)| a.device == device)
+            .filter_map(|(&base, a)| match &a.backing {
+                Backing::Extent(chunks) => Some(ExtentPlacement {
+                    base,
+                    size: a.size,
+                    span: a.span,
+                    local_bytes: chunks.iter().filter(|c| c.tier == Tier::Local).count() as u64 * CHUNK,
+                    movable: a.movable,
+                }),
+                Backing::InSlab(_) => None,
+            })
+            .collect()
+    }
+
+    /// Starts moving the backing of the movable extent at `base` to `target`: takes the
+    /// new memory (whole, or nothing: `CUDA_ERROR_OUT_OF_MEMORY`) and maps it at a
+    /// staging range of the device's address space.
+    pub fn begin_move(&mut self, base: u64, target: MoveTarget) -> Result<PendingMove, CUresult> {
+        let allocation = self.allocations.get(&base).filter(|a| a.movable).ok_or(result::INVALID_VALUE)?;
+        let (device, span) = (allocation.device, allocation.span);
+        if self.pins.contains_key(&base) {
+            return Err(result::NOT_READY);
+        }
+        let plan = self.plan.device(device).ok_or(result::INVALID_VALUE)?;
+        let order: Vec<Tier> = match target {
+            MoveTarget::Local => vec![Tier::Local],
+            MoveTarget::Donors => plan.donors.iter().map(|(tier, _)| *tier).collect(),
+        };
+        let space = self.space_index(device)?;
+        let mut chunks = Vec::with_capacity((span / CHUNK) as usize);
+        let mut full = Vec::new();
+        while (chunks.len() as u64) < span / CHUNK {
+            match self.acquire_chunk(space, &order, &mut full) {
+                Ok(chunk) => chunks.push(chunk),
+                Err(code) => {
+                    chunks.into_iter().for_each(|chunk| self.return_chunk(space, chunk));
+                    return Err(code);
+                }
+            }
+        }
+        let staging = match self.take_address_space(space, span) {
+            Ok(staging) => staging,
+            Err(code) => {
+                chunks.into_iter().for_each(|chunk| self.return_chunk(space, chunk));
+                return Err(code);
+            }
+        };
+        if let Err((mapped, code)) = self.map_chunks(device, staging, &chunks) {
+            self.counters.errors += 1;
+            self.dismantle(space, staging, span, chunks, mapped);
+            return Err(code);
+        }
+        Ok(PendingMove { base, staging, span, space, chunks })
+    }
+
+    /// Gives up a move begun by [`Self::begin_move`]: the new memory is released.
+    pub fn abort_move(&mut self, pending: PendingMove) {
+        let mapped = pending.chunks.len();
+        self.dismantle(pending.space, pending.staging, pending.span, pending.chunks, mapped);
+    }
+
+    /// Completes a move begun by [`Self::begin_move`], once its contents were copied to the
+    /// staging range and nothing uses the extent: the extent's range is remapped onto the
+    /// new memory and the old memory returned. On a driver failure the old backing is
+    /// put back where possible and the move given up.
+    pub fn finish_move(&mut self, pending: PendingMove) -> Result<(), CUresult> {
+        let Some(allocation) = self.allocations.get_mut(&pending.base) else {
+            self.abort_move(pending);
+            return Err(result::INVALID_VALUE);
+        };
+        let device = allocation.device;
+        let Backing::Extent(old) = std::mem::replace(&mut allocation.backing, Backing::Extent(Vec::new())) else {
+            self.abort_move(pending);
+            return Err(result::INVALID_VALUE);
+        };
+        for (i, _) in old.iter().enumerate() {
+            if let Err(code) = self.driver.unmap(pending.base + i as u64 * CHUNK, CHUNK) {
+                self.counters.errors += 1;
+                let restored = self.map_chunks(device, pending.base, &old[..i]).is_ok();
+                if let Some(allocation) = self.allocations.get_mut(&pending.base) {
+                    allocation.backing = Backing::Extent(old);
+                }
+                if !restored {
+                    self.counters.errors += 1;
+                }
+                self.abort_move(pending);
+                return Err(code);
+            }
+        }
+        if let Err((_, code)) = self.map_chunks(device, pending.base, &pending.chunks) {
+            self.counters.errors += 1;
+            for (i, _) in pending.chunks.iter().enumerate() {
+                let _ = self.driver.unmap(pending.base + i as u64 * CHUNK, CHUNK);
+            }
+            if self.map_chunks(device, pending.base, &old).is_err() {
+                self.counters.errors += 1;
+            }
+            if let Some(allocation) = self.allocations.get_mut(&pending.base) {
+                allocation.backing = Backing::Extent(old);
+            }
+            self.abort_move(pending);
+            return Err(code);
+        }
+        let PendingMove { base, staging, space, chunks, .. } = pending;
+        for (i, _) in chunks.iter().enumerate() {
+            if self.driver.unmap(staging + i as u64 * CHUNK, CHUNK).is_err() {
+                // The staging range stays out of the free list; the memory is mapped at the
+                // extent too, so it is not lost.
+                self.counters.errors += 1;
+                continue;
+            }
+            self.give_back_address_space(space, staging + i as u64 * CHUNK, CHUNK);
+        }
+        if let Some(allocation) = self.allocations.get_mut(&base) {
+            allocation.backing = Backing::Extent(chunks);
+        }
+        old.into_iter().for_each(|chunk| self.return_chunk(space, chunk));
+        Ok(())
     }
 
     fn next_id(&mut self) -> u64 {
@@ -558,7 +791,7 @@ impl<D: Driver> MemoryManager<D> {
             self.spaces[space].allocations += 1;
             self.allocations.insert(
                 slab_base + offset,
-                Allocation { device: request.device, size: request.size, span: need, id, backing: Backing::InSlab(slab_base) },
+                Allocation { device: request.device, size: request.size, span: need, id, backing: Backing::InSlab(slab_base), movable: false },
             );
             return Ok(slab_base + offset);
         }

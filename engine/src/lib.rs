@@ -19,7 +19,7 @@ mod tensor_maps;
 pub use engine::{CacheState, Counters, Engine, Settings, Source, Transfers, Translation};
 pub use predictor::{Predictor, PredictorState};
 pub use scan::rewrite;
-pub use table::{ExtentTable, TableFull};
+pub use table::{Entry, ExtentTable, Hit, STREAMS_PER_EXTENT, TableFull};
 pub use tensor_maps::{DESCRIPTOR_BYTES, Encoding, Shape, TensorMaps};
 
 #[cfg(test)]
