@@ -353,3 +353,109 @@ fn the_engine_cache_is_local_and_donor_extents_are_listed_with_their_tier() {
     assert_eq!(m.donor_extents(0), expected);
     assert_eq!(m.allocate_local(0, 64 * MIB), Err(result::OUT_OF_MEMORY), "the rules do not send it to the host");
 }
+
+/// 64 MiB card with an 8 MiB staging cache: the default reserve is a quarter of the
+/// 56 MiB left, 14 MiB, so loading keeps 64 - 8 - 14 = 42 MiB for extents.
+const STREAMING: &str = "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"host\", capacity = \"128MiB\" }]\n[streaming]\nenabled = true\nlocal_cache = \"8MiB\"\n";
+
+#[test]
+fn while_loading_automatic_extents_leave_the_reserve_free_and_after_settling_they_do_not() {
+    let mut m = manager(STREAMING);
+    assert_eq!(m.plan().device(0).unwrap().reserve, 14 * MIB);
+    let cache = m.allocate_local(0, 8 * MIB).unwrap();
+    let a = m.allocate(request(20 * MIB)).unwrap();
+    let b = m.allocate(request(20 * MIB)).unwrap();
+    let c = m.allocate(request(4 * MIB)).unwrap();
+    assert_eq!(m.driver().location_of(a), Some(Location::Device(0)));
+    assert_eq!(m.driver().location_of(b), Some(Location::Device(0)));
+    assert_eq!(m.driver().location_of(c), Some(Location::Host), "48 MiB would leave less than the reserve");
+    let small = m.allocate(request(4096)).unwrap();
+    assert_eq!(m.driver().location_of(small), Some(Location::Device(0)), "slab pieces are not held back");
+    assert!(m.extents(0).iter().all(|e| e.movable || e.base == cache));
+    assert!(!m.settled(0));
+    m.settle(0);
+    let d = m.allocate(request(4 * MIB)).unwrap();
+    assert_eq!(m.driver().location_of(d), Some(Location::Device(0)));
+    assert_eq!(m.local_free(0), 64 * MIB - 8 * MIB - 40 * MIB - 2 * MIB - 4 * MIB);
+    assert_eq!(m.shortfall(request(16 * MIB)), Some(6 * MIB));
+    assert_eq!(m.shortfall(request(8 * MIB)), None);
+    assert_eq!(m.shortfall(request(4096)), None, "slab pieces are never moved");
+}
+
+#[test]
+fn an_explicit_rule_places_exactly_and_its_extents_never_move() {
+    let mut m = manager(&format!("{STREAMING}[[rule]]\nname = \"spill\"\ntiers = [\"local\", \"host\"]\n"));
+    let a = m.allocate(request(40 * MIB)).unwrap();
+    let b = m.allocate(request(20 * MIB)).unwrap();
+    assert_eq!(m.driver().location_of(b), Some(Location::Device(0)), "the rule says local first: no reserve");
+    assert!(m.extents(0).iter().all(|e| !e.movable));
+    assert_eq!(m.begin_move(a, MoveTarget::Donors).unwrap_err(), result::INVALID_VALUE);
+    m.settle(0);
+    assert_eq!(m.shortfall(request(16 * MIB)), None);
+}
+
+#[test]
+fn automatic_off_or_streaming_off_places_as_the_rules_say() {
+    for toml in [format!("{STREAMING}[placement]\nautomatic = false\n"), LOCAL_THEN_HOST.to_string()] {
+        let mut m = manager(&toml);
+        let a = m.allocate(request(40 * MIB)).unwrap();
+        let b = m.allocate(request(20 * MIB)).unwrap();
+        assert_eq!(m.driver().location_of(a), Some(Location::Device(0)));
+        assert_eq!(m.driver().location_of(b), Some(Location::Device(0)), "{toml}");
+        assert!(m.extents(0).iter().all(|e| !e.movable));
+    }
+}
+
+#[test]
+fn a_move_remaps_the_same_addresses_onto_the_other_tier_and_gives_the_old_memory_back() {
+    let mut m = manager(STREAMING);
+    let a = m.allocate(request(6 * MIB)).unwrap();
+    let mappings = m.driver().mapping_count();
+    let pending = m.begin_move(a, MoveTarget::Donors).unwrap();
+    assert_eq!(pending.span, 6 * MIB);
+    assert_eq!(m.driver().location_of(pending.staging), Some(Location::Host));
+    assert_eq!(m.driver().accessible(pending.staging), Some(true), "host chunks are granted to the CPU too");
+    assert_eq!((used(&m, Tier::Local), used(&m, Tier::Host)), (6 * MIB, 6 * MIB));
+    m.finish_move(pending).unwrap();
+    assert_eq!(m.driver().location_of(a), Some(Location::Host));
+    assert_eq!(m.driver().location_of(a + 5 * MIB), Some(Location::Host));
+    assert_eq!((used(&m, Tier::Local), used(&m, Tier::Host)), (0, 6 * MIB));
+    assert_eq!(m.driver().mapping_count(), mappings, "the staging mapping is gone");
+    assert_eq!(m.find(a + MIB).unwrap().base, a);
+    let back = m.begin_move(a, MoveTarget::Local).unwrap();
+    m.finish_move(back).unwrap();
+    assert_eq!(m.driver().location_of(a), Some(Location::Device(0)));
+    assert_eq!(m.extents(0)[0].local_bytes, 6 * MIB);
+    m.free(a).unwrap();
+    assert_eq!((used(&m, Tier::Local), used(&m, Tier::Host), m.driver().mapping_count()), (0, 0, 0));
+}
+
+#[test]
+fn a_move_without_room_takes_nothing_and_an_aborted_one_gives_everything_back() {
+    let mut m = manager(&STREAMING.replace("128MiB", "4MiB"));
+    let a = m.allocate(request(6 * MIB)).unwrap();
+    let before = (m.driver().mapping_count(), m.driver().physical_count());
+    assert_eq!(m.begin_move(a, MoveTarget::Donors).unwrap_err(), result::OUT_OF_MEMORY);
+    let pooled = (m.pool_bytes() / CHUNK) as usize;
+    assert_eq!((m.driver().mapping_count(), m.driver().physical_count()), (before.0, before.1 + pooled), "host chunks taken go to the pool");
+    assert_eq!(used(&m, Tier::Host), 0);
+    let small = m.allocate(request(2 * MIB)).unwrap();
+    let pending = m.begin_move(small, MoveTarget::Donors).unwrap();
+    m.abort_move(pending);
+    assert_eq!(m.driver().location_of(small), Some(Location::Device(0)));
+    assert_eq!(used(&m, Tier::Host), 0);
+}
+
+#[test]
+fn a_failed_remap_puts_the_old_backing_back() {
+    let mut m = manager(STREAMING);
+    let a = m.allocate(request(4 * MIB)).unwrap();
+    let pending = m.begin_move(a, MoveTarget::Donors).unwrap();
+    m.driver().fail_next("unmap", result::UNKNOWN, 1);
+    assert_eq!(m.finish_move(pending).unwrap_err(), result::UNKNOWN);
+    assert_eq!(m.driver().location_of(a), Some(Location::Device(0)));
+    assert_eq!(m.driver().location_of(a + 2 * MIB), Some(Location::Device(0)));
+    assert_eq!((used(&m, Tier::Local), used(&m, Tier::Host)), (4 * MIB, 0));
+    m.free(a).unwrap();
+    assert_eq!(m.driver().mapping_count(), 0);
+}
