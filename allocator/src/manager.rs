@@ -144,6 +144,8 @@ pub struct ExtentPlacement {
     pub span: u64,
     /// Bytes on the compute device.
     pub local_bytes: u64,
+    /// The first donor tier holding some of it, if any does.
+    pub donor: Option<Tier>,
     /// Placed automatically (may move).
     pub movable: bool,
 }
@@ -646,6 +648,7 @@ impl<D: Driver> MemoryManager<D> {
                     size: a.size,
                     span: a.span,
                     local_bytes: chunks.iter().filter(|c| c.tier == Tier::Local).count() as u64 * CHUNK,
+                    donor: chunks.iter().map(|c| c.tier).find(|t| *t != Tier::Local),
                     movable: a.movable,
                 }),
                 Backing::InSlab(_) => None,

@@ -42,6 +42,9 @@ pub struct PredictorState {
     pub predicted: u64,
     /// Of those, how many were predicted right.
     pub hits: u64,
+    /// Whole periods seen repeat (a run of `period` launches each confirming the period):
+    /// the steps the working set counts uses per.
+    pub steps: u64,
 }
 
 /// Learns the sequence of launch signatures and predicts what comes next.
@@ -56,6 +59,7 @@ pub struct Predictor {
     expected: Option<u32>,
     predicted: u64,
     hits: u64,
+    steps: u64,
     first_use: HashMap<u64, usize>,
     first_use_order: Vec<u64>,
 }
@@ -101,6 +105,9 @@ impl Predictor {
         let confirmed = self.period.is_some_and(|p| position >= p && self.at(position - p) == Some(signature));
         if confirmed {
             self.matched += 1;
+            if self.period.is_some_and(|p| self.matched % p == 0) {
+                self.steps += 1;
+            }
         } else {
             self.matched = 0;
             self.period = self.relearn(signature, position);
@@ -169,6 +176,7 @@ impl Predictor {
             locked: self.period.is_some_and(|p| self.matched >= p.min(LOCK_AFTER)),
             predicted: self.predicted,
             hits: self.hits,
+            steps: self.steps,
         }
     }
 }
@@ -188,6 +196,23 @@ mod tests {
         let mut out = Vec::new();
         p.upcoming(launches, &mut out);
         out
+    }
+
+    #[test]
+    fn a_step_counts_once_per_period_seen_repeat() {
+        let mut p = Predictor::new();
+        let blocks: Vec<u64> = (1..=10).collect();
+        step(&mut p, &blocks);
+        assert_eq!(p.state().steps, 0);
+        step(&mut p, &blocks);
+        step(&mut p, &blocks[..1]);
+        assert_eq!(p.state().steps, 1, "the second step repeated the first (its first launch taught the period)");
+        step(&mut p, &blocks[1..]);
+        step(&mut p, &blocks[..5]);
+        assert_eq!(p.state().steps, 2);
+        step(&mut p, &[99]);
+        step(&mut p, &blocks);
+        assert_eq!(p.state().steps, 2, "a step broken by a new launch does not count");
     }
 
     #[test]

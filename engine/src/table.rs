@@ -213,11 +213,20 @@ impl ExtentTable {
         result
     }
 
-    /// Counts one use of the extent with `slot` by an operation on `stream`.
+    /// Counts one use of the extent with `slot` by a launch on `stream`.
     pub fn record_use(&self, slot: u32, stream: usize) {
-        let slot = slot as usize;
-        let Some(uses) = self.uses.get(slot) else { return };
+        let Some(uses) = self.uses.get(slot as usize) else { return };
         uses.fetch_add(1, Ordering::Relaxed);
+        self.note_stream(slot, stream);
+    }
+
+    /// Remembers that an operation on `stream` used the extent with `slot`, without
+    /// counting a use (copies: they order moves but do not make an extent hot).
+    pub fn note_stream(&self, slot: u32, stream: usize) {
+        let slot = slot as usize;
+        if slot >= self.capacity() {
+            return;
+        }
         let key = stream.wrapping_add(1);
         let streams = &self.streams[slot * STREAMS_PER_EXTENT..(slot + 1) * STREAMS_PER_EXTENT];
         for known in streams {
@@ -368,7 +377,9 @@ mod tests {
         assert_eq!(table.uses(0), 0);
         assert!(table.streams(1, &mut streams));
         assert_eq!(streams, vec![0, 7]);
-        for stream in 100..104 {
+        table.note_stream(1, 100);
+        assert_eq!(table.uses(1), 5, "noting a stream is not a use");
+        for stream in 101..104 {
             table.record_use(1, stream);
         }
         assert!(!table.streams(1, &mut streams), "six streams fit in four places");

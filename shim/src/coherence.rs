@@ -1,6 +1,8 @@
 //! Copies and memsets that touch a donor extent with a staged copy: a read first gets what
 //! kernels wrote into the copy (written back), a write first writes back and drops the
 //! copy, and later staging copies wait for the write. Everything else passes through.
+//! Every copy touching a tracked extent notes its stream in the extent's use record and
+//! waits while the extent is being moved (`working_set`).
 //! Hooked here: `cuMemcpyDtoH`, `cuMemcpyDtoD` (sync, `_ptds`, async, `_ptsz`),
 //! `cuMemsetD8`/`cuMemsetD32` (sync and async); `cuMemcpy`, `cuMemcpyAsync` and the
 //! host-to-device hooks call [`around`] / [`before_cpu_write`] from `hooks`.
@@ -11,17 +13,46 @@ use crate::real_call;
 use crate::staging::{self, ACTIVE, stream_key, with_current};
 use std::ffi::{c_uint, c_void};
 use crate::hooks::guard;
+use crate::working_set::{self, Entered};
+use vvram_engine::Hit;
 use std::sync::atomic::Ordering;
 use vvram_cuda::*;
 
 /// A byte range `(address, len)`.
 pub type Range = Option<(u64, usize)>;
 
+/// The extents at the ends of `range` (a copy stays inside one allocation).
+fn hits(range: Range) -> [Option<Hit>; 2] {
+    match range {
+        Some((address, len)) if len > 0 => {
+            let table = staging::table();
+            [table.find(address), table.find(address + len as u64 - 1)]
+        }
+        _ => [None, None],
+    }
+}
+
 fn touches(range: Range) -> bool {
-    range.is_some_and(|(address, len)| {
-        let table = staging::table();
-        len > 0 && (table.find(address).is_some() || table.find(address + len as u64 - 1).is_some())
-    })
+    hits(range).iter().flatten().any(|h| h.donor)
+}
+
+/// Waits until no extent the ranges touch is being moved; notes `stream` as a user of
+/// those extents (a move is ordered after it) and returns the guard to hold until the
+/// operation is issued, with whether a donor extent is touched.
+fn enter(read: Range, write: Range, stream: usize) -> (Entered, bool) {
+    loop {
+        let entered = working_set::enter();
+        let ([a, b], [c, d]) = (hits(read), hits(write));
+        let found = [a, b, c, d];
+        let found = found.iter().flatten();
+        if found.clone().any(|h| h.moving) {
+            drop(entered);
+            working_set::wait_for_moves();
+            continue;
+        }
+        found.clone().for_each(|h| staging::table().note_stream(h.slot, stream));
+        return (entered, found.clone().any(|h| h.donor));
+    }
 }
 
 /// Runs a copy or memset that reads `read` and writes `write`, coherent with staged
@@ -29,7 +60,11 @@ fn touches(range: Range) -> bool {
 /// synchronous ones: the CPU waits for the engine's copies instead); `fence_stream` is
 /// where the call's own work is ordered (later staging copies wait for it there).
 pub fn around(read: Range, write: Range, stream: Option<usize>, fence_stream: usize, call: impl FnOnce() -> CUresult) -> CUresult {
-    if !ACTIVE.load(Ordering::Relaxed) || !(touches(read) || touches(write)) || stream.is_some_and(staging::capturing) {
+    if !ACTIVE.load(Ordering::Relaxed) {
+        return call();
+    }
+    let (_entered, donor) = enter(read, write, fence_stream);
+    if !donor || stream.is_some_and(staging::capturing) {
         return call();
     }
     let mut call = Some(call);

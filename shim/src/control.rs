@@ -132,11 +132,22 @@ pub fn snapshot() -> Snapshot {
                 .devices
                 .iter()
                 .filter_map(|d| m.usage(d.index))
-                .map(|u| DeviceSnapshot {
-                    device: u.device,
-                    reported_total: u.reported_total,
-                    allocations: u.allocations,
-                    tiers: u.tiers.iter().map(|t| TierSnapshot { tier: t.tier.to_string(), used: t.used, capacity: t.capacity }).collect(),
+                .map(|u| {
+                    let classes = if forked_child { Vec::new() } else { crate::working_set::classes(m, u.device) };
+                    let class = |tier| classes.iter().find(|(t, _, _)| *t == tier).map_or((0, 0), |(_, hot, weights)| (*hot, *weights));
+                    DeviceSnapshot {
+                        device: u.device,
+                        reported_total: u.reported_total,
+                        allocations: u.allocations,
+                        tiers: u
+                            .tiers
+                            .iter()
+                            .map(|t| {
+                                let (hot, weights) = class(t.tier);
+                                TierSnapshot { tier: t.tier.to_string(), used: t.used, capacity: t.capacity, hot, weights }
+                            })
+                            .collect(),
+                    }
                 })
                 .collect()
         })
@@ -159,6 +170,10 @@ pub fn snapshot() -> Snapshot {
         fast_h2d_bytes: counters.fast_h2d_bytes,
         errors: counters.errors + HOOK_ERRORS.load(Ordering::Relaxed),
         engine: vvram_stats::EngineSnapshot { donor_bytes, ..if forked_child { Default::default() } else { crate::staging::snapshot() } },
+        working_set: match manager {
+            Some(m) if !forked_child => crate::working_set::snapshot(m),
+            _ => Default::default(),
+        },
     }
 }
 

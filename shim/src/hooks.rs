@@ -68,7 +68,9 @@ fn place(size: usize) -> Option<Result<u64, CUresult>> {
         return None;
     }
     crate::staging::sync(manager, device);
-    let placed = manager.allocate(Request { device, size: size as u64, phase: phase.as_deref(), tag: tag.as_deref() });
+    let request = Request { device, size: size as u64, phase: phase.as_deref(), tag: tag.as_deref() };
+    crate::working_set::make_room(manager, request);
+    let placed = manager.allocate(request);
     crate::staging::sync(manager, device);
     if let Err(code) = placed {
         if code == result::OUT_OF_MEMORY {

@@ -24,7 +24,8 @@ use crate::hooks::guard;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use vvram_cuda::*;
-use vvram_engine::{DESCRIPTOR_BYTES, Translation, rewrite};
+use vvram_engine::{DESCRIPTOR_BYTES, Hit, Translation, rewrite};
+use crate::working_set;
 
 /// Distinct donor extents one launch can have translated; more are read in place.
 const MAX_REFS: usize = 32;
@@ -141,11 +142,15 @@ unsafe fn packed(extra: *mut *mut c_void) -> Option<(*mut c_void, usize)> {
     size.filter(|_| !buffer.is_null()).map(|s| (buffer, s))
 }
 
-/// The donor extents one launch references, and which parameters are tensor maps that
-/// point into one.
+/// The extents one launch references: the donor ones (for the engine), the use records
+/// of all, whether one is being moved, and which parameters are tensor maps that point
+/// into a donor extent.
 struct Refs {
     bases: [u64; MAX_REFS],
     len: usize,
+    slots: [u32; MAX_REFS],
+    slot_count: usize,
+    moving: bool,
     maps: [u16; MAX_MAPS],
     map_count: usize,
 }
@@ -156,16 +161,21 @@ impl Refs {
     fn tensor_map(&mut self, index: usize, bytes: &[u8]) -> bool {
         let Ok(descriptor) = <&[u8; DESCRIPTOR_BYTES]>::try_from(bytes) else { return false };
         let Some(maps) = tensor_map::recorded().filter(|_| self.map_count < MAX_MAPS) else { return false };
-        let Some(base) = maps.find(descriptor).and_then(|e| staging::table().find(e.address)) else { return false };
-        self.add(base);
+        let Some(hit) = maps.find(descriptor).and_then(|e| staging::table().find(e.address)).filter(|h| h.donor) else { return false };
+        self.add(hit);
         self.maps[self.map_count] = index as u16;
         self.map_count += 1;
         true
     }
 
-    fn add(&mut self, base: u64) {
-        if !self.bases[..self.len].contains(&base) && self.len < MAX_REFS {
-            self.bases[self.len] = base;
+    fn add(&mut self, hit: Hit) {
+        self.moving |= hit.moving;
+        if !self.slots[..self.slot_count].contains(&hit.slot) && self.slot_count < MAX_REFS {
+            self.slots[self.slot_count] = hit.slot;
+            self.slot_count += 1;
+        }
+        if hit.donor && !self.bases[..self.len].contains(&hit.base) && self.len < MAX_REFS {
+            self.bases[self.len] = hit.base;
             self.len += 1;
         }
     }
@@ -199,25 +209,36 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
     }
     LAUNCHES_SEEN.fetch_add(1, Ordering::Relaxed);
     let table = staging::table();
-    let mut refs = Refs { bases: [0; MAX_REFS], len: 0, maps: [0; MAX_MAPS], map_count: 0 };
-    let mut layout: &[u32] = &[];
-    if !given.params.is_null() {
-        let Some(found) = layout_of(function) else {
-            UNSCANNED_LAUNCHES.fetch_add(1, Ordering::Relaxed);
-            return issue(given);
-        };
-        layout = found;
-        for (i, &size) in layout.iter().enumerate() {
-            // SAFETY: the driver's contract: one pointer per parameter, each to `size` bytes.
-            let bytes = unsafe { staging::bytes(*given.params.add(i), size as usize) };
-            if size as usize == DESCRIPTOR_BYTES && refs.tensor_map(i, bytes) {
-                continue;
+    let (_entered, refs, layout) = loop {
+        let entered = working_set::enter();
+        let mut refs = Refs { bases: [0; MAX_REFS], len: 0, slots: [0; MAX_REFS], slot_count: 0, moving: false, maps: [0; MAX_MAPS], map_count: 0 };
+        let mut layout: &[u32] = &[];
+        if !given.params.is_null() {
+            let Some(found) = layout_of(function) else {
+                UNSCANNED_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+                drop(entered);
+                let _blind = working_set::enter_blind();
+                return issue(given);
+            };
+            layout = found;
+            for (i, &size) in layout.iter().enumerate() {
+                // SAFETY: the driver's contract: one pointer per parameter, each to `size` bytes.
+                let bytes = unsafe { staging::bytes(*given.params.add(i), size as usize) };
+                if size as usize == DESCRIPTOR_BYTES && refs.tensor_map(i, bytes) {
+                    continue;
+                }
+                table.scan(bytes, |_, hit| refs.add(hit));
             }
-            table.scan(bytes, |_, base| refs.add(base));
+        } else if let Some((buffer, size)) = unsafe { packed(given.extra) } {
+            table.scan(unsafe { staging::bytes(buffer, size) }, |_, hit| refs.add(hit));
         }
-    } else if let Some((buffer, size)) = unsafe { packed(given.extra) } {
-        table.scan(unsafe { staging::bytes(buffer, size) }, |_, base| refs.add(base));
-    }
+        if !refs.moving {
+            break (entered, refs, layout);
+        }
+        drop(entered);
+        working_set::wait_for_moves();
+    };
+    refs.slots[..refs.slot_count].iter().for_each(|slot| table.record_use(*slot, stream));
     if refs.len == 0 {
         return issue(given);
     }
@@ -394,6 +415,7 @@ unsafe fn graph_launch(stream: usize, issue: impl FnOnce() -> CUresult) -> CUres
     if !ACTIVE.load(Ordering::Relaxed) {
         return issue();
     }
+    let _blind = working_set::enter_blind();
     if let Some(Err(code)) = with_current(|engine| engine.before_graph(stream)) {
         staging::count_error("before_graph", code);
     }

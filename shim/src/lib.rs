@@ -17,6 +17,7 @@ mod real;
 mod runtime;
 mod staging;
 mod tensor_map;
+mod working_set;
 
 /// Runs before `main`: reads the policy from the environment (see `runtime::start`).
 #[used]

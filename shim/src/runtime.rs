@@ -277,7 +277,8 @@ extern "C" fn remove_region() {
 }
 
 /// The background thread, off the application's threads: keeps the pinned host pool
-/// filled and publishes statistics for `vvram stats`.
+/// filled, publishes statistics for `vvram stats` and keeps the working set on the compute
+/// devices (`working_set::tick`).
 fn start_background() {
     static STARTED: AtomicBool = AtomicBool::new(false);
     if STARTED.swap(true, Ordering::AcqRel) {
@@ -302,7 +303,14 @@ fn start_background() {
         }
         let mut published = String::new();
         let mut last_publish = Instant::now() - PUBLISH_EVERY;
+        let mut last_tick = Instant::now();
         loop {
+            if last_tick.elapsed() >= crate::working_set::TICK {
+                last_tick = Instant::now();
+                if let Some(manager) = state().manager.as_mut() {
+                    crate::working_set::tick(manager);
+                }
+            }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 last_publish = Instant::now();
                 let snapshot = crate::control::snapshot();

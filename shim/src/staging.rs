@@ -1,7 +1,7 @@
 //! The migration engine's glue: one [`Engine`] per compute device with streaming on,
 //! carried out over the real driver ([`DriverTransfers`]: a non-blocking staging stream,
-//! a non-blocking write-back stream, pooled events), and the lock-free table of donor
-//! extents the launch hooks scan against.
+//! a non-blocking write-back stream, pooled events), and the lock-free table the launch
+//! hooks scan against (written by `working_set::publish`).
 //!
 //! Locks: the shim's state lock (allocation hooks) is taken before an engine's lock, never
 //! after. The launch path takes no lock unless a launch references a donor extent; then it
@@ -254,7 +254,34 @@ pub fn sync(manager: &mut MemoryManager<crate::ops::RealOps>, device: u32) {
     let live: Vec<(u64, u64, Source)> = manager.donor_extents(device).into_iter().map(|(b, l, t)| (b, l, source(t))).collect();
     device_engine.engine.sync_extents(&live);
     drop(slot);
-    publish_table();
+    crate::working_set::publish(manager);
+}
+
+/// Like [`sync`], even when no allocation or free happened since (extents moved).
+pub fn resync(manager: &mut MemoryManager<crate::ops::RealOps>, device: u32) {
+    if let Some(device_engine) = engine(device).as_mut().and_then(|slot| slot.as_mut()) {
+        device_engine.generation = u64::MAX;
+    }
+    sync(manager, device);
+}
+
+/// Whether `device` has a running engine.
+pub fn has_engine(device: u32) -> bool {
+    engine(device).is_some_and(|slot| slot.is_some())
+}
+
+/// The predictor's state of `device`'s engine.
+pub fn predictor(device: u32) -> Option<vvram_engine::PredictorState> {
+    engine(device)?.as_ref().map(|d| d.engine.predictor())
+}
+
+/// Before the backing of `[base, base + len)` moves: staged copies of it are written back
+/// (waited for) and dropped, and the engine's own copies of it are waited for.
+pub fn before_move(device: u32, base: u64, len: u64) -> Result<(), CUresult> {
+    match engine(device).as_mut().and_then(|slot| slot.as_mut()) {
+        Some(device_engine) => device_engine.engine.before_host_write(base, len, None),
+        None => Ok(()),
+    }
 }
 
 fn start(manager: &mut MemoryManager<crate::ops::RealOps>, device: u32, streaming: vvram_policy::Streaming) -> Result<DeviceEngine, CUresult> {
@@ -269,21 +296,6 @@ fn start(manager: &mut MemoryManager<crate::ops::RealOps>, device: u32, streamin
     tracing::info!(device, cache = streaming.local_cache, cache_base, "migration engine started");
     ACTIVE.store(true, Ordering::Release);
     Ok(DeviceEngine { engine: Engine::new(transfers, settings), generation: u64::MAX })
-}
-
-/// Rebuilds the launch hooks' table from every engine's extents.
-fn publish_table() {
-    let mut all = Vec::new();
-    for slot in engines() {
-        let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(device_engine) = guard.as_ref() {
-            all.extend(device_engine.engine.extents());
-        }
-    }
-    if let Err(full) = table().replace(&mut all) {
-        HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(dropped = full.dropped, "more donor extents than the launch table holds: those are read in place");
-    }
 }
 
 /// The engine statistics of every device, summed.

@@ -30,6 +30,12 @@ pub struct TierSnapshot {
     pub used: u64,
     /// The tier's budget.
     pub capacity: u64,
+    /// Of `used`, bytes of extents the observed steps use more than once per step.
+    #[serde(default)]
+    pub hot: u64,
+    /// Of `used`, bytes of extents the observed steps use at most once per step (weights).
+    #[serde(default)]
+    pub weights: u64,
 }
 
 /// One compute device the policy manages.
@@ -140,6 +146,51 @@ pub struct Snapshot {
     /// The migration engine.
     #[serde(default)]
     pub engine: EngineSnapshot,
+    /// Automatic placement of the working set.
+    #[serde(default)]
+    pub working_set: WorkingSetSnapshot,
+}
+
+/// Automatic placement: the reserve kept while loading, the classes of what is placed and
+/// the moves between tiers, summed over compute devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkingSetSnapshot {
+    /// Compute devices placed automatically (streaming on, `[placement] automatic`).
+    pub devices: u64,
+    /// Of those, devices whose engine has seen a repeating step (the reserve is released
+    /// and moves keep the working set local).
+    pub settled: u64,
+    /// Bytes kept free on devices still loading.
+    pub reserve: u64,
+    /// Steps the engine has seen repeat.
+    pub steps: u64,
+    /// Bytes of extents used more than once per step.
+    pub hot_bytes: u64,
+    /// Of those, bytes living on a donor tier (zero in steady state).
+    pub donor_hot_bytes: u64,
+    /// Bytes of extents used at most once per step (weights).
+    pub weights_bytes: u64,
+    /// Of those, bytes on the compute device.
+    pub local_weights_bytes: u64,
+    /// Extents moved from the compute device to a donor.
+    pub demotions: u64,
+    /// Bytes moved that way.
+    pub demoted_bytes: u64,
+    /// Extents moved from a donor to the compute device.
+    pub promotions: u64,
+    /// Bytes moved that way.
+    pub promoted_bytes: u64,
+    /// Batches of moves carried out.
+    pub batches: u64,
+    /// Time the batches took, nanoseconds (applications' operations on the moving extents
+    /// wait meanwhile).
+    pub move_ns: u64,
+    /// Batches ordered with a whole-context synchronisation (an extent used on more
+    /// streams than are tracked, or on a per-thread default stream).
+    pub context_syncs: u64,
+    /// Moves given up (no room on the target tier, or a driver failure).
+    pub failed_moves: u64,
 }
 
 impl Snapshot {

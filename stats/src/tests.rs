@@ -22,7 +22,7 @@ fn snapshot(allocations: u64) -> Snapshot {
             device: 0,
             reported_total: 3 << 30,
             allocations,
-            tiers: vec![TierSnapshot { tier: "local".into(), used: 1 << 30, capacity: 1 << 30 }],
+            tiers: vec![TierSnapshot { tier: "local".into(), used: 1 << 30, capacity: 1 << 30, hot: 1 << 29, weights: 0 }],
         }],
         host_pool_bytes: 0,
         allocations,
@@ -31,6 +31,7 @@ fn snapshot(allocations: u64) -> Snapshot {
         fast_h2d_bytes: 0,
         errors: 0,
         engine: Default::default(),
+        working_set: Default::default(),
     }
 }
 

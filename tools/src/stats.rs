@@ -48,15 +48,17 @@ pub fn render(s: &Snapshot) -> String {
     );
     for device in &s.devices {
         out += &format!("\ndevice {} — the application is told it holds {}\n", device.device, format_size(device.reported_total));
-        out += &format!("  {:<8} {:>12} {:>12} {:>7}\n", "tier", "used", "budget", "");
+        out += &format!("  {:<8} {:>12} {:>12} {:>7} {:>12} {:>12}\n", "tier", "used", "budget", "", "hot", "weights");
         for tier in &device.tiers {
             out += &format!(
-                "  {:<8} {:>12} {:>12} {:>6.1}% {}\n",
+                "  {:<8} {:>12} {:>12} {:>6.1}% {} {:>12} {:>12}\n",
                 printable(&tier.tier),
                 format_size(tier.used),
                 format_size(tier.capacity),
                 if tier.capacity == 0 { 0.0 } else { tier.used as f64 * 100.0 / tier.capacity as f64 },
-                bar(tier.used, tier.capacity)
+                bar(tier.used, tier.capacity),
+                format_size(tier.hot),
+                format_size(tier.weights)
             );
         }
         out += &format!("  live allocations: {}\n", device.allocations);
@@ -99,6 +101,31 @@ pub fn render(s: &Snapshot) -> String {
             format_size(e.cache_bytes),
             e.cache_copies,
             bar(e.cache_occupied, e.cache_bytes)
+        );
+    }
+    let w = &s.working_set;
+    if w.devices > 0 {
+        out += &format!(
+            "\nworking set: {} of {} device(s) settled after {} steps{}; used many times per step {} ({} on donors), weights {} ({} on the card)\n",
+            w.settled,
+            w.devices,
+            w.steps,
+            if w.reserve > 0 { format!(", {} kept free while loading", format_size(w.reserve)) } else { String::new() },
+            format_size(w.hot_bytes),
+            format_size(w.donor_hot_bytes),
+            format_size(w.weights_bytes),
+            format_size(w.local_weights_bytes)
+        );
+        out += &format!(
+            "  moves: {} demoted ({}), {} promoted ({}) in {} batches taking {:.1} ms; {} by context synchronisation, {} given up\n",
+            w.demotions,
+            format_size(w.demoted_bytes),
+            w.promotions,
+            format_size(w.promoted_bytes),
+            w.batches,
+            w.move_ns as f64 / 1e6,
+            w.context_syncs,
+            w.failed_moves
         );
     }
     out
@@ -158,7 +185,7 @@ mod tests {
             policy_error: Some(evil.into()),
             phase: Some(evil.into()),
             tag: Some(evil.into()),
-            devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: evil.into(), used: 0, capacity: 1 }] }],
+            devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: evil.into(), used: 0, capacity: 1, hot: 0, weights: 0 }] }],
             host_pool_bytes: 0,
             allocations: 0,
             frees: 0,
@@ -166,10 +193,11 @@ mod tests {
             fast_h2d_bytes: 0,
             errors: 0,
             engine: Default::default(),
+            working_set: Default::default(),
         };
         let table = render(&snapshot);
         assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
         assert!(table.contains("\\u{1b}[2J"), "{table}");
-        assert_eq!(table.matches('\n').count(), render(&Snapshot { version: "v".into(), policy: Some("p".into()), phase: Some("x".into()), devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: "local".into(), used: 0, capacity: 1 }] }], ..snapshot.clone() }).matches('\n').count());
+        assert_eq!(table.matches('\n').count(), render(&Snapshot { version: "v".into(), policy: Some("p".into()), phase: Some("x".into()), devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: "local".into(), used: 0, capacity: 1, hot: 0, weights: 0 }] }], ..snapshot.clone() }).matches('\n').count());
     }
 }

@@ -1,0 +1,442 @@
+//! The working set's glue: the launch table of every extent the engine or the mover cares
+//! about, the classes of those extents, and the moves that keep the compute device for
+//! what a step uses many times.
+//!
+//! * [`publish`] writes the lock-free table the launch and copy hooks scan: every donor
+//!   extent (the engine stages them) and every movable extent on the device, each with a
+//!   stable slot whose use record (launch count, streams) the hooks update.
+//! * [`tick`] (the background thread, every [`TICK`]) samples the use records into the
+//!   classifier, settles a device once its engine has seen a repeating step, and carries
+//!   out one batch of promotions ([`vvram_allocator::working_set::plan_promotions`]).
+//! * [`make_room`] (the allocation hooks, state lock held) demotes weights when an
+//!   automatic allocation on a settled device would not fit on it.
+//!
+//! A move (see [`execute`]) holds the state lock and [`MOVES`]: the moving extents are
+//! marked in the table, the hooks that may have read the table before are waited for
+//! (epoch-parity counters, [`enter`]), the engine writes back and drops staged copies of
+//! them, the copy into the new backing waits for events recorded on every stream that
+//! used them (or for every context, when that is not known), and then the allocator
+//! remaps. Hooks that meet a moving extent wait on [`MOVES`] and scan again.
+
+use crate::ops::RealOps;
+use crate::real_call;
+use crate::runtime::HOOK_ERRORS;
+use crate::staging;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use vvram_allocator::working_set::{Candidate, Class, Classifier, Move, SETTLE_STEPS, plan_demotions, plan_promotions};
+use vvram_allocator::{MemoryManager, MoveTarget, PendingMove, Request};
+use vvram_cuda::*;
+use vvram_engine::Entry;
+use vvram_policy::Tier;
+
+/// How often the background thread samples uses and plans promotions.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Bytes one batch moves at most (demotions and promotions together).
+const BATCH: u64 = 4 << 30;
+/// `CU_EVENT_DISABLE_TIMING`.
+const EVENT_DISABLE_TIMING: u32 = 2;
+
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+static IN_FLIGHT: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Held while extents move: hooks that meet a moving extent wait for it.
+static MOVES: Mutex<()> = Mutex::new(());
+
+/// A hook between its table scan and the call it issues (see [`enter`]).
+pub struct Entered(usize);
+
+/// Marks the calling hook as between scan and issue until the guard drops: a move waits
+/// for every hook that entered before it marked its extents. Two atomics, no lock.
+pub fn enter() -> Entered {
+    let parity = (EPOCH.load(Ordering::SeqCst) & 1) as usize;
+    IN_FLIGHT[parity].fetch_add(1, Ordering::SeqCst);
+    Entered(parity)
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        IN_FLIGHT[self.0].fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Waits until the moves in progress are done. Call with no [`Entered`] guard held.
+pub fn wait_for_moves() {
+    drop(MOVES.lock().unwrap_or_else(|p| p.into_inner()));
+}
+
+/// Set while a batch of moves is under way.
+static MOVING_NOW: AtomicBool = AtomicBool::new(false);
+/// Set once an operation whose extents are unknown was issued (a launch without a
+/// parameter layout, a graph launch): moves are then ordered by synchronising every
+/// context, as such an operation may use a moving extent on any stream.
+static BLIND_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// For an operation that may use any extent without the hooks knowing which: waits for
+/// the moves under way, then returns the guard to hold until the operation is issued.
+pub fn enter_blind() -> Entered {
+    BLIND_SEEN.store(true, Ordering::Relaxed);
+    loop {
+        let entered = enter();
+        if !MOVING_NOW.load(Ordering::SeqCst) {
+            return entered;
+        }
+        drop(entered);
+        wait_for_moves();
+    }
+}
+
+/// After marking extents as moving: waits until every hook that entered before has left.
+fn quiesce() {
+    let old = (EPOCH.fetch_add(1, Ordering::SeqCst) & 1) as usize;
+    while IN_FLIGHT[old].load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now();
+    }
+}
+
+#[derive(Default)]
+struct Device {
+    classifier: Classifier,
+    steps: u64,
+    moved_at: HashMap<u64, u64>,
+    stream: Option<usize>,
+    context: Option<usize>,
+}
+
+#[derive(Default)]
+struct Tracked {
+    slots: HashMap<u64, u32>,
+    free_slots: Vec<u32>,
+    next_slot: u32,
+    moving: HashSet<u64>,
+    devices: HashMap<u32, Device>,
+    counters: vvram_stats::WorkingSetSnapshot,
+}
+
+fn tracked() -> MutexGuard<'static, Tracked> {
+    static TRACKED: OnceLock<Mutex<Tracked>> = OnceLock::new();
+    TRACKED.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the working set applies to `device`: its engine runs and placement is automatic.
+fn automatic(manager: &MemoryManager<RealOps>, device: u32) -> bool {
+    manager.plan().streaming.enabled && manager.plan().device(device).is_some_and(|d| d.automatic) && staging::has_engine(device)
+}
+
+/// Rewrites the hooks' table: the donor extents of every device with an engine, and its
+/// movable extents on the device. Slots of extents gone are freed, new ones cleared.
+pub fn publish(manager: &MemoryManager<RealOps>) {
+    let mut entries = Vec::new();
+    for device in manager.plan().devices.iter().map(|d| d.index).filter(|d| staging::has_engine(*d)) {
+        for (base, size, _) in manager.donor_extents(device) {
+            entries.push(Entry { base, len: size, slot: 0, donor: true, moving: false });
+        }
+        for extent in manager.extents(device).into_iter().filter(|e| e.movable && e.local_bytes == e.span) {
+            entries.push(Entry { base: extent.base, len: extent.size, slot: 0, donor: false, moving: false });
+        }
+    }
+    let mut tracked = tracked();
+    let live: HashSet<u64> = entries.iter().map(|e| e.base).collect();
+    let gone: Vec<(u64, u32)> = tracked.slots.iter().filter(|(b, _)| !live.contains(b)).map(|(b, s)| (*b, *s)).collect();
+    for (base, slot) in gone {
+        tracked.slots.remove(&base);
+        tracked.free_slots.push(slot);
+    }
+    let capacity = staging::table().capacity() as u32;
+    entries.retain_mut(|entry| {
+        let slot = match tracked.slots.get(&entry.base) {
+            Some(slot) => *slot,
+            None => {
+                let slot = match tracked.free_slots.pop() {
+                    Some(slot) => slot,
+                    None if tracked.next_slot < capacity => {
+                        tracked.next_slot += 1;
+                        tracked.next_slot - 1
+                    }
+                    None => return false,
+                };
+                staging::table().clear_record(slot);
+                tracked.slots.insert(entry.base, slot);
+                slot
+            }
+        };
+        entry.slot = slot;
+        entry.moving = tracked.moving.contains(&entry.base);
+        true
+    });
+    if let Err(full) = staging::table().replace(&mut entries) {
+        HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(dropped = full.dropped, "more extents than the launch table holds: those are read in place and never moved");
+    }
+}
+
+/// The background thread's turn: classifies, settles, promotes.
+pub fn tick(manager: &mut MemoryManager<RealOps>) {
+    for device in manager.plan().devices.iter().map(|d| d.index).collect::<Vec<_>>() {
+        if !automatic(manager, device) {
+            continue;
+        }
+        let Some(predictor) = staging::predictor(device) else { continue };
+        sample(manager, device, predictor.steps);
+        if predictor.locked && !manager.settled(device) {
+            manager.settle(device);
+            tracing::info!(device, steps = predictor.steps, "the engine saw a repeating step: the working-set reserve is released");
+        }
+        if !manager.settled(device) {
+            continue;
+        }
+        let moves = plan_promotions(&candidates(manager, device), manager.local_free(device), BATCH);
+        if !moves.is_empty() && current_context(device) {
+            execute(manager, device, &moves);
+        }
+    }
+}
+
+/// Before an automatic allocation on a settled device: when the device lacks room for
+/// it, demotes just enough weights (least used first) so that it fits.
+pub fn make_room(manager: &mut MemoryManager<RealOps>, request: Request) {
+    let Some(shortfall) = manager.shortfall(request) else { return };
+    if !automatic(manager, request.device) {
+        return;
+    }
+    let free = manager.local_free(request.device);
+    let moves = plan_demotions(&candidates(manager, request.device), free, free + shortfall, BATCH);
+    if !moves.is_empty() {
+        tracing::debug!(device = request.device, size = request.size, shortfall, moves = moves.len(), "demoting weights to make room");
+        execute(manager, request.device, &moves);
+    }
+}
+
+fn sample(manager: &MemoryManager<RealOps>, device: u32, steps: u64) {
+    let table = staging::table();
+    let mut tracked = tracked();
+    let uses: Vec<(u64, u64)> = manager
+        .extents(device)
+        .into_iter()
+        .filter(|e| e.movable || e.donor.is_some())
+        .filter_map(|e| tracked.slots.get(&e.base).map(|slot| (e.base, table.uses(*slot))))
+        .collect();
+    let state = tracked.devices.entry(device).or_default();
+    state.steps = steps;
+    state.classifier.sample(steps, &uses);
+}
+
+fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
+    let mut tracked = tracked();
+    let state = tracked.devices.entry(device).or_default();
+    manager
+        .extents(device)
+        .into_iter()
+        .filter(|e| e.movable)
+        .map(|e| Candidate {
+            base: e.base,
+            span: e.span,
+            local: e.local_bytes == e.span,
+            class: state.classifier.class(e.base),
+            uses_per_step: state.classifier.uses_per_step(e.base),
+            settling: state.moved_at.get(&e.base).is_some_and(|at| state.steps < at + SETTLE_STEPS),
+        })
+        .collect()
+}
+
+/// Makes `device`'s primary context current on the calling (background) thread.
+fn current_context(device: u32) -> bool {
+    let known = tracked().devices.entry(device).or_default().context;
+    let context = match known {
+        Some(context) => context,
+        None => {
+            let mut context = std::ptr::null_mut();
+            if real_call!(cuDevicePrimaryCtxRetain(&mut context, device as CUdevice)) != result::SUCCESS {
+                return false;
+            }
+            tracked().devices.entry(device).or_default().context = Some(context as usize);
+            context as usize
+        }
+    };
+    real_call!(cuCtxSetCurrent(context as CUcontext)) == result::SUCCESS
+}
+
+/// Carries out `moves` for `device` (the device's context current, state lock held):
+/// demotions first, so that promotions find their room.
+fn execute(manager: &mut MemoryManager<RealOps>, device: u32, moves: &[Move]) {
+    let started = Instant::now();
+    let _moving = MOVES.lock().unwrap_or_else(|p| p.into_inner());
+    let demotions: Vec<u64> = moves.iter().filter_map(|m| if let Move::Demote(b) = m { Some(*b) } else { None }).collect();
+    let promotions: Vec<u64> = moves.iter().filter_map(|m| if let Move::Promote(b) = m { Some(*b) } else { None }).collect();
+    for (bases, target) in [(demotions, MoveTarget::Donors), (promotions, MoveTarget::Local)] {
+        if !bases.is_empty() {
+            move_phase(manager, device, &bases, target);
+        }
+    }
+    let mut tracked = tracked();
+    tracked.counters.batches += 1;
+    tracked.counters.move_ns += started.elapsed().as_nanos() as u64;
+}
+
+fn move_phase(manager: &mut MemoryManager<RealOps>, device: u32, bases: &[u64], target: MoveTarget) {
+    let mut pending: Vec<PendingMove> = Vec::new();
+    for &base in bases {
+        match manager.begin_move(base, target) {
+            Ok(move_) => pending.push(move_),
+            Err(code) => {
+                tracked().counters.failed_moves += 1;
+                tracing::debug!(device, base, code, ?target, "a move found no room or failed to start");
+            }
+        }
+    }
+    if pending.is_empty() {
+        return;
+    }
+    tracked().moving.extend(pending.iter().map(|p| p.base));
+    publish(manager);
+    MOVING_NOW.store(true, Ordering::SeqCst);
+    quiesce();
+    let copied = copy_after_users(device, &pending);
+    let step = tracked().devices.get(&device).map_or(0, |d| d.steps);
+    for move_ in pending {
+        let (base, span) = (move_.base, move_.span);
+        if let Err(code) = copied {
+            manager.abort_move(move_);
+            tracked().counters.failed_moves += 1;
+            HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(device, base, code, "copying an extent to its new tier failed: it stays where it was");
+            continue;
+        }
+        match manager.finish_move(move_) {
+            Ok(()) => {
+                let mut tracked = tracked();
+                let uses = tracked.slots.get(&base).map_or(0, |slot| staging::table().uses(*slot));
+                let counters = &mut tracked.counters;
+                match target {
+                    MoveTarget::Donors => (counters.demotions += 1, counters.demoted_bytes += span),
+                    MoveTarget::Local => (counters.promotions += 1, counters.promoted_bytes += span),
+                };
+                let state = tracked.devices.entry(device).or_default();
+                state.moved_at.insert(base, step);
+                state.classifier.restart(base, step, uses);
+                tracing::debug!(device, base, span, ?target, "moved");
+            }
+            Err(code) => {
+                tracked().counters.failed_moves += 1;
+                HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(device, base, code, "remapping a moved extent failed: it stays where it was");
+            }
+        }
+    }
+    tracked().moving.clear();
+    staging::resync(manager, device);
+    MOVING_NOW.store(false, Ordering::SeqCst);
+}
+
+/// Copies every pending move's extent into its staging range on the device's move stream,
+/// after every operation that used it, and waits for the copies.
+fn copy_after_users(device: u32, pending: &[PendingMove]) -> Result<(), CUresult> {
+    let check = |code: CUresult| if code == result::SUCCESS { Ok(()) } else { Err(code) };
+    for move_ in pending {
+        staging::before_move(device, move_.base, move_.span)?;
+    }
+    let stream = move_stream(device)?;
+    let mut streams = Vec::new();
+    let mut users = Vec::new();
+    let mut known = !BLIND_SEEN.load(Ordering::Relaxed);
+    {
+        let tracked = tracked();
+        for move_ in pending {
+            let Some(&slot) = tracked.slots.get(&move_.base) else { continue };
+            known &= staging::table().streams(slot, &mut users);
+            for &user in &users {
+                known &= user != CU_STREAM_PER_THREAD;
+                if !streams.contains(&user) {
+                    streams.push(user);
+                }
+            }
+        }
+    }
+    if known {
+        for &user in &streams {
+            let mut event = std::ptr::null_mut();
+            check(real_call!(cuEventCreate(&mut event, EVENT_DISABLE_TIMING)))?;
+            let ordered = check(real_call!(cuEventRecord(event, user as CUstream)))
+                .and_then(|_| check(real_call!(cuStreamWaitEvent(stream as CUstream, event, 0))));
+            real_call!(cuEventDestroy_v2(event));
+            if ordered.is_err() {
+                known = false;
+                break;
+            }
+        }
+    }
+    if !known {
+        tracked().counters.context_syncs += 1;
+        crate::ops::synchronize_every_context()?;
+    }
+    for move_ in pending {
+        check(real_call!(cuMemcpyAsync(move_.staging, move_.base, move_.span as usize, stream as CUstream)))?;
+    }
+    check(real_call!(cuStreamSynchronize(stream as CUstream)))
+}
+
+fn move_stream(device: u32) -> Result<usize, CUresult> {
+    if let Some(stream) = tracked().devices.get(&device).and_then(|d| d.stream) {
+        return Ok(stream);
+    }
+    let mut stream = std::ptr::null_mut();
+    let code = real_call!(cuStreamCreate(&mut stream, CU_STREAM_NON_BLOCKING));
+    if code != result::SUCCESS {
+        return Err(code);
+    }
+    tracked().devices.entry(device).or_default().stream = Some(stream as usize);
+    Ok(stream as usize)
+}
+
+/// Bytes of each tier of `device` by class: `(tier, hot, weights)`.
+pub fn classes(manager: &MemoryManager<RealOps>, device: u32) -> Vec<(Tier, u64, u64)> {
+    let mut out: Vec<(Tier, u64, u64)> = Vec::new();
+    let tracked = tracked();
+    let Some(state) = tracked.devices.get(&device) else { return out };
+    for extent in manager.extents(device) {
+        let class = state.classifier.class(extent.base);
+        let pieces = [(Tier::Local, extent.local_bytes), (extent.donor.unwrap_or(Tier::Host), extent.span - extent.local_bytes)];
+        for (tier, bytes) in pieces.into_iter().filter(|(_, b)| *b > 0) {
+            let (hot, weights) = match class {
+                Class::Hot => (bytes, 0),
+                Class::Weights => (0, bytes),
+                Class::Unknown => continue,
+            };
+            if let Some(entry) = out.iter_mut().find(|(t, _, _)| *t == tier) {
+                entry.1 += hot;
+                entry.2 += weights;
+            } else {
+                out.push((tier, hot, weights));
+            }
+        }
+    }
+    out
+}
+
+/// The working set's statistics over every device.
+pub fn snapshot(manager: &MemoryManager<RealOps>) -> vvram_stats::WorkingSetSnapshot {
+    let mut out = tracked().counters.clone();
+    for plan in &manager.plan().devices {
+        if !automatic(manager, plan.index) {
+            continue;
+        }
+        out.devices += 1;
+        if manager.settled(plan.index) {
+            out.settled += 1;
+        } else {
+            out.reserve += plan.reserve;
+        }
+        out.steps = out.steps.max(tracked().devices.get(&plan.index).map_or(0, |d| d.steps));
+        for (tier, hot, weights) in classes(manager, plan.index) {
+            out.hot_bytes += hot;
+            out.weights_bytes += weights;
+            if tier == Tier::Local {
+                out.local_weights_bytes += weights;
+            } else {
+                out.donor_hot_bytes += hot;
+            }
+        }
+    }
+    out
+}
