@@ -12,9 +12,11 @@
 //!   is skipped like a full one and the error counted.
 //! * Freed host chunks return to a pool of pinned memory, which a background thread keeps
 //!   filled to the policy's `pin_ahead` (creating pinned memory is slow).
-//! * Automatic placement (streaming on, and no explicit rule matching): until the device is
-//!   *settled* (the engine has seen a repeating step), an extent that would leave less than
-//!   the working-set reserve free on the device goes to donors first. Such extents are
+//! * Automatic placement (streaming on, and no explicit rule matching): while the
+//!   application loads (allocations with no kernel launched between them) and until the
+//!   device is *settled* (the engine has seen a repeating step), an extent that would leave
+//!   less than the working-set reserve free on the device goes to donors first; what is
+//!   allocated between kernels (activations) may use the reserve. Such extents are
 //!   *movable*: [`MemoryManager::begin_move`] and [`MemoryManager::finish_move`] move their
 //!   backing to another tier at the same virtual addresses (see `working_set`).
 
@@ -213,6 +215,7 @@ pub struct MemoryManager<D: Driver> {
     next_id: u64,
     counters: Counters,
     settled: HashSet<u32>,
+    computing: HashSet<u32>,
     cache_bytes: HashMap<u32, u64>,
 }
 
@@ -253,6 +256,7 @@ impl<D: Driver> MemoryManager<D> {
             next_id: FIRST_BUFFER_ID - 1,
             counters: Counters::default(),
             settled: HashSet::new(),
+            computing: HashSet::new(),
             cache_bytes: HashMap::new(),
         }
     }
@@ -478,6 +482,19 @@ impl<D: Driver> MemoryManager<D> {
         Ok(chunks.len())
     }
 
+    /// Says that the application launched kernels on `device` since its previous
+    /// allocation: the next allocation is computing's (an activation), not a weight being
+    /// loaded, and may use the working-set reserve.
+    pub fn kernels_ran(&mut self, device: u32) {
+        self.computing.insert(device);
+    }
+
+    /// Whether an automatic extent of `span` bytes on `device` goes to donors first: while
+    /// loading, when it would leave less than the reserve free.
+    fn held_back(&self, device: u32, span: u64) -> bool {
+        !self.settled.contains(&device) && !self.computing.contains(&device) && !self.leaves_reserve(device, span)
+    }
+
     /// Allocates for a device the policy manages.
     pub fn allocate(&mut self, request: Request) -> Result<u64, CUresult> {
         self.reclaim();
@@ -496,6 +513,7 @@ impl<D: Driver> MemoryManager<D> {
             Err(result::OUT_OF_MEMORY) => self.counters.out_of_memory += 1,
             Err(_) => {}
         }
+        self.computing.remove(&request.device);
         outcome
     }
 
@@ -544,7 +562,7 @@ impl<D: Driver> MemoryManager<D> {
         }
         let span = round_up(request.size, CHUNK).ok_or(result::OUT_OF_MEMORY)?;
         let movable = tiers.is_none() && self.automatic(request);
-        if movable && !self.settled.contains(&request.device) && !self.leaves_reserve(request.device, span) {
+        if movable && self.held_back(request.device, span) {
             // Loading: keep the reserve for what sampling will use many times.
             order.sort_by_key(|tier| *tier == Tier::Local);
         }
@@ -976,7 +994,11 @@ impl<D: Driver> MemoryManager<D> {
         mut create: impl FnMut(Location) -> Result<Handle, CUresult>,
     ) -> Result<Handle, CUresult> {
         let plan = self.plan.device(request.device).ok_or(result::INVALID_VALUE)?;
-        let order = plan.placement(request.size, request.phase, request.tag);
+        let mut order = plan.placement(request.size, request.phase, request.tag);
+        if self.automatic(request) && self.held_back(request.device, request.size) {
+            order.sort_by_key(|tier| *tier == Tier::Local);
+        }
+        self.computing.remove(&request.device);
         let space = self.space_index(request.device)?;
         match self.take_physical(space, &order, request.size, &mut Vec::new(), Some(&mut create)) {
             Ok((tier, handle)) => {

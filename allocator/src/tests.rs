@@ -371,6 +371,13 @@ fn while_loading_automatic_extents_leave_the_reserve_free_and_after_settling_the
     assert_eq!(m.driver().location_of(c), Some(Location::Host), "48 MiB would leave less than the reserve");
     let small = m.allocate(request(4096)).unwrap();
     assert_eq!(m.driver().location_of(small), Some(Location::Device(0)), "slab pieces are not held back");
+    m.kernels_ran(0);
+    let activation = m.allocate(request(4 * MIB)).unwrap();
+    assert_eq!(m.driver().location_of(activation), Some(Location::Device(0)), "what computing allocates may use the reserve");
+    let next = m.allocate(request(4 * MIB)).unwrap();
+    assert_eq!(m.driver().location_of(next), Some(Location::Host), "allocations back to back are loading again");
+    m.free(activation).unwrap();
+    m.free(next).unwrap();
     assert!(m.extents(0).iter().all(|e| e.movable || e.base == cache));
     assert!(!m.settled(0));
     m.settle(0);

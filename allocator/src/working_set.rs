@@ -5,15 +5,20 @@
 //!
 //! [`Classifier`] turns launch counts sampled at any time into classes: an extent is
 //! classified once at least [`MIN_STEPS`] steps have passed since it was first seen (or
-//! moved); it is [`Class::Hot`] when it was used more than 1.5 times per step over that
-//! window, else [`Class::Weights`]. [`plan_promotions`] and [`plan_demotions`] choose the
+//! its last window ended); it is [`Class::Hot`] when it was used more than 1.5 times per
+//! step over that window, else [`Class::Weights`]. A window that is not aligned with the
+//! steps miscounts by at most one use, so an extent used once per step shows at most
+//! 4 uses in 3 steps (1.33 per step) and one used twice at least 5 (1.67): three steps
+//! tell them apart. [`plan_promotions`] and [`plan_demotions`] choose the
 //! moves; the shim carries them out with [`crate::MemoryManager::begin_move`] and
 //! [`crate::MemoryManager::finish_move`].
 
 use std::collections::HashMap;
 
 /// Steps an extent is watched before it is classified.
-pub const MIN_STEPS: u64 = 2;
+pub const MIN_STEPS: u64 = 3;
+/// Step progress is counted in units of 1/`STEP` step.
+pub const STEP: u64 = 1 << 16;
 /// Steps an extent stays where a move put it before it may move again.
 pub const SETTLE_STEPS: u64 = 4;
 
@@ -59,10 +64,10 @@ impl Classifier {
         Classifier::default()
     }
 
-    /// Takes a sample at `step` (steps completed so far) of the live extents as
-    /// `(base, uses)` (launches that used each since it was created). Extents not listed
-    /// are forgotten. An extent watched for [`MIN_STEPS`] steps gets its class, and the
-    /// window starts again from this sample.
+    /// Takes a sample at `step` (steps so far, in units of 1/[`STEP`] step) of the live
+    /// extents as `(base, uses)` (launches that used each since it was created). Extents
+    /// not listed are forgotten. An extent watched for [`MIN_STEPS`] steps gets its class,
+    /// and the window starts again from this sample.
     pub fn sample(&mut self, step: u64, extents: &[(u64, u64)]) {
         let mut live: HashMap<u64, Watch> = HashMap::with_capacity(extents.len());
         for &(base, uses) in extents {
@@ -71,8 +76,8 @@ impl Classifier {
                 _ => Watch { since_step: step, since_uses: uses, class: Class::Unknown, uses_per_step: 0.0 },
             };
             let steps = step.saturating_sub(watch.since_step);
-            let watch = if steps >= MIN_STEPS {
-                let per_step = (uses - watch.since_uses) as f64 / steps as f64;
+            let watch = if steps >= MIN_STEPS * STEP {
+                let per_step = (uses - watch.since_uses) as f64 * STEP as f64 / steps as f64;
                 let class = if per_step > 1.5 { Class::Hot } else { Class::Weights };
                 Watch { since_step: step, since_uses: uses, class, uses_per_step: per_step }
             } else {
@@ -81,6 +86,22 @@ impl Classifier {
             live.insert(base, watch);
         }
         self.watched = live;
+    }
+
+    /// Starts every window again at `step` with the uses given (the step count was
+    /// unreliable meanwhile: the application's launches stopped repeating); classes stay.
+    pub fn restart_all(&mut self, step: u64, extents: &[(u64, u64)]) {
+        for &(base, uses) in extents {
+            match self.watched.get_mut(&base) {
+                Some(watch) => {
+                    watch.since_step = step;
+                    watch.since_uses = uses;
+                }
+                None => {
+                    self.watched.insert(base, Watch { since_step: step, since_uses: uses, class: Class::Unknown, uses_per_step: 0.0 });
+                }
+            }
+        }
     }
 
     /// Starts the watch of `base` again (its backing moved): it keeps its class until the
@@ -198,27 +219,39 @@ mod tests {
     }
 
     #[test]
-    fn an_extent_is_classified_after_two_steps_by_its_uses_per_step() {
+    fn an_extent_is_classified_after_three_steps_by_its_uses_per_step() {
         let mut c = Classifier::new();
-        c.sample(0, &[(1, 0), (2, 0), (3, 0)]);
-        c.sample(1, &[(1, 1), (2, 9), (3, 0)]);
-        assert_eq!(c.class(1), Class::Unknown, "one step is not enough");
-        // Sampled half-way through a step: a weight shows 3 uses in 2 steps, never more.
-        c.sample(2, &[(1, 3), (2, 20), (3, 0)]);
-        assert_eq!((c.class(1), c.class(2), c.class(3)), (Class::Weights, Class::Hot, Class::Weights));
+        c.sample(0, &[(1, 0), (2, 0), (3, 0), (4, 0)]);
+        c.sample(2 * STEP, &[(1, 3), (2, 9), (3, 0), (4, 3)]);
+        assert_eq!(c.class(1), Class::Unknown, "two steps are not enough");
+        // Windows not aligned with the steps: a weight shows at most 4 uses in 3 steps, an
+        // extent used twice per step at least 5.
+        c.sample(3 * STEP, &[(1, 4), (2, 30), (3, 0), (4, 5)]);
+        assert_eq!((c.class(1), c.class(2), c.class(3), c.class(4)), (Class::Weights, Class::Hot, Class::Weights, Class::Hot));
         assert_eq!(c.uses_per_step(2), 10.0);
-        c.sample(3, &[(1, 4)]);
+        c.sample(4 * STEP, &[(1, 5)]);
         assert_eq!(c.class(2), Class::Unknown, "an extent no longer listed is forgotten");
         assert_eq!(c.class(1), Class::Weights, "the class holds until the next window ends");
+    }
+
+    #[test]
+    fn windows_restarted_together_count_from_the_restart_and_keep_the_classes() {
+        let mut c = Classifier::new();
+        c.sample(0, &[(1, 0), (2, 0)]);
+        c.sample(3 * STEP, &[(1, 3), (2, 30)]);
+        c.restart_all(10 * STEP, &[(1, 50), (2, 60), (3, 0)]);
+        assert_eq!((c.class(1), c.class(2), c.class(3)), (Class::Weights, Class::Hot, Class::Unknown));
+        c.sample(13 * STEP, &[(1, 53), (2, 90), (3, 9)]);
+        assert_eq!((c.class(1), c.class(2), c.class(3)), (Class::Weights, Class::Hot, Class::Hot));
     }
 
     #[test]
     fn an_extent_whose_count_went_back_is_a_new_extent() {
         let mut c = Classifier::new();
         c.sample(0, &[(1, 0)]);
-        c.sample(2, &[(1, 10)]);
+        c.sample(3 * STEP, &[(1, 10)]);
         assert_eq!(c.class(1), Class::Hot);
-        c.sample(3, &[(1, 0)]);
+        c.sample(4 * STEP, &[(1, 0)]);
         assert_eq!(c.class(1), Class::Unknown);
     }
 
@@ -226,12 +259,12 @@ mod tests {
     fn a_restarted_watch_keeps_its_class_and_counts_from_the_move() {
         let mut c = Classifier::new();
         c.sample(0, &[(1, 0)]);
-        c.sample(2, &[(1, 10)]);
-        c.restart(1, 3, 12);
-        c.sample(4, &[(1, 13)]);
-        assert_eq!(c.class(1), Class::Hot);
-        c.sample(5, &[(1, 14)]);
-        assert_eq!(c.class(1), Class::Weights, "1 use per step over steps 3..5");
+        c.sample(3 * STEP, &[(1, 10)]);
+        c.restart(1, 4 * STEP, 12);
+        c.sample(6 * STEP, &[(1, 14)]);
+        assert_eq!(c.class(1), Class::Hot, "the old class until the new window ends");
+        c.sample(7 * STEP, &[(1, 15)]);
+        assert_eq!(c.class(1), Class::Weights, "1 use per step over steps 4..7");
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod table;
 mod tensor_maps;
 
 pub use engine::{CacheState, Counters, Engine, Settings, Source, Transfers, Translation};
-pub use predictor::{Predictor, PredictorState};
+pub use predictor::{Predictor, PredictorState, STEP_UNIT};
 pub use scan::rewrite;
 pub use table::{Entry, ExtentTable, Hit, STREAMS_PER_EXTENT, TableFull};
 pub use tensor_maps::{DESCRIPTOR_BYTES, Encoding, Shape, TensorMaps};

@@ -23,6 +23,8 @@ const OCCURRENCES: usize = 4;
 /// Consecutive confirmed launches (or a whole period, if shorter) before the predictor
 /// reports itself locked.
 const LOCK_AFTER: u64 = 8;
+/// One step in the units of [`PredictorState::progress`].
+pub const STEP_UNIT: u64 = 1 << 16;
 
 struct Signature {
     extents: Box<[u64]>,
@@ -42,9 +44,14 @@ pub struct PredictorState {
     pub predicted: u64,
     /// Of those, how many were predicted right.
     pub hits: u64,
-    /// Whole periods seen repeat (a run of `period` launches each confirming the period):
-    /// the steps the working set counts uses per.
+    /// Steps seen: every launch made while a period is in force counts for 1/period of a
+    /// step (the working set counts uses per step).
     pub steps: u64,
+    /// The same in units of 1/[`STEP_UNIT`] step.
+    pub progress: u64,
+    /// Launches that did not follow the period (the period was relearnt): step counts
+    /// spanning one are approximate.
+    pub relearns: u64,
 }
 
 /// Learns the sequence of launch signatures and predicts what comes next.
@@ -59,7 +66,8 @@ pub struct Predictor {
     expected: Option<u32>,
     predicted: u64,
     hits: u64,
-    steps: u64,
+    progress: u64,
+    relearns: u64,
     first_use: HashMap<u64, usize>,
     first_use_order: Vec<u64>,
 }
@@ -105,17 +113,18 @@ impl Predictor {
         let confirmed = self.period.is_some_and(|p| position >= p && self.at(position - p) == Some(signature));
         if confirmed {
             self.matched += 1;
-            if self.period.is_some_and(|p| self.matched % p == 0) {
-                self.steps += 1;
-            }
         } else {
             self.matched = 0;
+            self.relearns += 1;
             self.period = self.relearn(signature, position);
         }
         let entry = &mut self.signatures[signature as usize];
         entry.seen.copy_within(0..OCCURRENCES - 1, 1);
         entry.seen[0] = position;
         entry.seen_count = (entry.seen_count + 1).min(OCCURRENCES);
+        if let Some(period) = self.period {
+            self.progress += STEP_UNIT.div_ceil(period);
+        }
         self.expected = self.predict(1);
     }
 
@@ -176,7 +185,9 @@ impl Predictor {
             locked: self.period.is_some_and(|p| self.matched >= p.min(LOCK_AFTER)),
             predicted: self.predicted,
             hits: self.hits,
-            steps: self.steps,
+            steps: self.progress / STEP_UNIT,
+            progress: self.progress,
+            relearns: self.relearns,
         }
     }
 }
@@ -199,20 +210,20 @@ mod tests {
     }
 
     #[test]
-    fn a_step_counts_once_per_period_seen_repeat() {
+    fn a_step_is_a_period_of_launches() {
         let mut p = Predictor::new();
         let blocks: Vec<u64> = (1..=10).collect();
         step(&mut p, &blocks);
-        assert_eq!(p.state().steps, 0);
+        assert_eq!(p.state().steps, 0, "the first step teaches the period");
         step(&mut p, &blocks);
-        step(&mut p, &blocks[..1]);
-        assert_eq!(p.state().steps, 1, "the second step repeated the first (its first launch taught the period)");
-        step(&mut p, &blocks[1..]);
+        assert_eq!(p.state().steps, 1, "the second step repeated the first");
         step(&mut p, &blocks[..5]);
-        assert_eq!(p.state().steps, 2);
-        step(&mut p, &[99]);
-        step(&mut p, &blocks);
-        assert_eq!(p.state().steps, 2, "a step broken by a new launch does not count");
+        assert_eq!(p.state().steps, 1);
+        step(&mut p, &blocks[5..]);
+        for _ in 0..100 {
+            step(&mut p, &blocks);
+        }
+        assert_eq!(p.state().steps, 102, "no drift");
     }
 
     #[test]

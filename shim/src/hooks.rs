@@ -69,6 +69,7 @@ fn place(size: usize) -> Option<Result<u64, CUresult>> {
     }
     crate::staging::sync(manager, device);
     let request = Request { device, size: size as u64, phase: phase.as_deref(), tag: tag.as_deref() };
+    crate::working_set::note_kernels(manager, device);
     crate::working_set::make_room(manager, request);
     let placed = manager.allocate(request);
     crate::staging::sync(manager, device);
@@ -622,6 +623,7 @@ pub unsafe extern "C" fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, 
             return pass();
         };
         let request = Request { device, size: size as u64, phase: phase.as_deref(), tag: tag.as_deref() };
+        crate::working_set::note_kernels(manager, device);
         let created = manager.create_for_application(request, |location| {
             let mut placed = asked;
             placed.location = mem_location(location);

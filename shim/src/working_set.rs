@@ -26,11 +26,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
-use vvram_allocator::working_set::{Candidate, Class, Classifier, Move, SETTLE_STEPS, plan_demotions, plan_promotions};
+use vvram_allocator::working_set::{Candidate, Class, Classifier, Move, SETTLE_STEPS, STEP, plan_demotions, plan_promotions};
 use vvram_allocator::{MemoryManager, MoveTarget, PendingMove, Request};
 use vvram_cuda::*;
-use vvram_engine::Entry;
+use vvram_engine::{Entry, PredictorState};
 use vvram_policy::Tier;
+
+// The classifier counts steps in the predictor's units.
+const _: () = assert!(STEP == vvram_engine::STEP_UNIT);
 
 /// How often the background thread samples uses and plans promotions.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -98,7 +101,10 @@ fn quiesce() {
 #[derive(Default)]
 struct Device {
     classifier: Classifier,
-    steps: u64,
+    /// Steps seen, in units of 1/`STEP` step.
+    progress: u64,
+    /// The predictor's relearn count at the last sample, while it was locked.
+    relearns: Option<u64>,
     moved_at: HashMap<u64, u64>,
     stream: Option<usize>,
     context: Option<usize>,
@@ -178,7 +184,7 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
             continue;
         }
         let Some(predictor) = staging::predictor(device) else { continue };
-        sample(manager, device, predictor.steps);
+        sample(manager, device, predictor);
         if predictor.locked && !manager.settled(device) {
             manager.settle(device);
             tracing::info!(device, steps = predictor.steps, "the engine saw a repeating step: the working-set reserve is released");
@@ -190,6 +196,17 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
         if !moves.is_empty() && current_context(device) {
             execute(manager, device, &moves);
         }
+    }
+}
+
+/// Before an allocation (state lock held): tells the manager whether kernels were
+/// launched since the previous allocation (then it is computing's, and may use the
+/// reserve; allocations back to back are a load).
+pub fn note_kernels(manager: &mut MemoryManager<RealOps>, device: u32) {
+    static AT_LAST_ALLOCATION: AtomicU64 = AtomicU64::new(0);
+    let launches = staging::LAUNCHES_SEEN.load(Ordering::Relaxed);
+    if AT_LAST_ALLOCATION.swap(launches, Ordering::Relaxed) != launches {
+        manager.kernels_ran(device);
     }
 }
 
@@ -208,7 +225,9 @@ pub fn make_room(manager: &mut MemoryManager<RealOps>, request: Request) {
     }
 }
 
-fn sample(manager: &MemoryManager<RealOps>, device: u32, steps: u64) {
+/// Samples the use records into the classifier; windows in which the predictor relearnt
+/// its period (its step count was approximate) start again instead.
+fn sample(manager: &MemoryManager<RealOps>, device: u32, predictor: PredictorState) {
     let table = staging::table();
     let mut tracked = tracked();
     let uses: Vec<(u64, u64)> = manager
@@ -218,8 +237,13 @@ fn sample(manager: &MemoryManager<RealOps>, device: u32, steps: u64) {
         .filter_map(|e| tracked.slots.get(&e.base).map(|slot| (e.base, table.uses(*slot))))
         .collect();
     let state = tracked.devices.entry(device).or_default();
-    state.steps = steps;
-    state.classifier.sample(steps, &uses);
+    state.progress = predictor.progress;
+    if predictor.locked && state.relearns == Some(predictor.relearns) {
+        state.classifier.sample(predictor.progress, &uses);
+    } else {
+        state.classifier.restart_all(predictor.progress, &uses);
+    }
+    state.relearns = predictor.locked.then_some(predictor.relearns);
 }
 
 fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
@@ -235,7 +259,7 @@ fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
             local: e.local_bytes == e.span,
             class: state.classifier.class(e.base),
             uses_per_step: state.classifier.uses_per_step(e.base),
-            settling: state.moved_at.get(&e.base).is_some_and(|at| state.steps < at + SETTLE_STEPS),
+            settling: state.moved_at.get(&e.base).is_some_and(|at| state.progress < at + SETTLE_STEPS * STEP),
         })
         .collect()
 }
@@ -293,7 +317,7 @@ fn move_phase(manager: &mut MemoryManager<RealOps>, device: u32, bases: &[u64], 
     MOVING_NOW.store(true, Ordering::SeqCst);
     quiesce();
     let copied = copy_after_users(device, &pending);
-    let step = tracked().devices.get(&device).map_or(0, |d| d.steps);
+    let step = tracked().devices.get(&device).map_or(0, |d| d.progress);
     for move_ in pending {
         let (base, span) = (move_.base, move_.span);
         if let Err(code) = copied {
@@ -427,7 +451,7 @@ pub fn snapshot(manager: &MemoryManager<RealOps>) -> vvram_stats::WorkingSetSnap
         } else {
             out.reserve += plan.reserve;
         }
-        out.steps = out.steps.max(tracked().devices.get(&plan.index).map_or(0, |d| d.steps));
+        out.steps = out.steps.max(tracked().devices.get(&plan.index).map_or(0, |d| d.progress / STEP));
         for (tier, hot, weights) in classes(manager, plan.index) {
             out.hot_bytes += hot;
             out.weights_bytes += weights;

@@ -13,6 +13,7 @@ use vvram_harness::{CallError, Cuda, Door, cu};
 
 mod engine;
 mod shim;
+mod working_set;
 
 const MIB: usize = 1 << 20;
 
@@ -626,6 +627,7 @@ fn run(args: &[String]) -> Checked {
         "engine-graph" => engine::graph(&s)?,
         "engine-thread" => engine::second_thread(&s)?,
         "engine-tmap" => engine::tensor_map(&s)?,
+        "working-set" => working_set::run(&s, args.get(1).map_or("steady", String::as_str))?,
         "create-calls" => create_calls(&s, args.get(1).and_then(|n| n.parse().ok()).unwrap_or(4))?,
         "all" => {
             devices(&s)?;
@@ -635,7 +637,7 @@ fn run(args: &[String]) -> Checked {
             params(&s)?;
             oom(&s)?;
         }
-        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, capture-rules, kernel-without-access, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools, capture; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-graph, engine-kernel, engine-thread, engine-tmap"))),
+        other => return Err(Failure(format!("unknown scenario `{other}`: devices, stitched, alias, unmapped, order, oom, params, contexts, refusals, cpu-touch device|vmm-device|vmm-host, pin-cost, capture-rules, kernel-without-access, create-calls N, all; under libvvram.so: spread, threads, h2d, app-vmm, control, free-elsewhere, alloc-latency, pools, capture; with [streaming]: engine-steps N, engine-patch, engine-miss, engine-struct, engine-extra, engine-cooperative, engine-graph, engine-kernel, engine-thread, engine-tmap, working-set steady|pressure|fixed"))),
     }
     eprintln!("cuda-exercise {scenario}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     Ok(())
