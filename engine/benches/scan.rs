@@ -1,16 +1,17 @@
-//! Scanning launch parameters against the donor-extent table: a 1720-byte packed buffer
+//! Scanning launch parameters against the extent table: a 1720-byte packed buffer
 //! (cuBLAS's GEMM launch) with the weight at five offsets, and one with no vvram word,
 //! against a table of 1000 extents (a FLUX-sized model). Target: ≤ 1 µs per buffer.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use vvram_engine::ExtentTable;
+use vvram_engine::{Entry, ExtentTable};
 
 const BASE: u64 = 0x7f00_0000_0000;
 
 fn table() -> ExtentTable {
     let table = ExtentTable::new(1 << 16);
-    let mut extents: Vec<(u64, u64)> = (0..1000).map(|i| (BASE + i * (64 << 20), 48 << 20)).collect();
+    let mut extents: Vec<Entry> =
+        (0..1000).map(|i| Entry { base: BASE + i * (64 << 20), len: 48 << 20, slot: i as u32, donor: true, moving: false }).collect();
     table.replace(&mut extents).unwrap();
     table
 }
