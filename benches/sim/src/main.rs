@@ -1,10 +1,9 @@
 //! `flux-sim VARIANT HOST_FRACTION`: one variant of the FLUX-shaped step on the fake
 //! driver's timing model (see `run.sh`, which runs them all and prints the ratios).
 //!
-//! The model (`model.rs`): 19 double blocks and 38 single blocks (a double block holds
-//! 2.4× the weights of a single one, as in FLUX.1), four weight tensors per block; each
-//! tensor is read by one `weight_sum` kernel whose compute time is proportional to its
-//! bytes (a GEMM). Activations: two hidden states and a workspace, and the latent, 2 MiB
+//! The model (`model.rs`): 19 double blocks of five 2 MiB weight tensors and 38 single
+//! blocks of two; each tensor is read by one `weight_sum` kernel whose compute time is
+//! proportional to its bytes (a GEMM). Activations: two hidden states and a workspace, and the latent, 2 MiB
 //! each. A step copies the latent into the first hidden state; each block copies its
 //! input into the workspace, scales it by −1, runs its GEMMs, sums the workspace and
 //! copies it to the other hidden state (its output); the step ends by copying the last
