@@ -88,6 +88,13 @@ impl Classifier {
         self.watched = live;
     }
 
+    /// Classifies `base` from an exact count of its uses in the last step (the migration
+    /// engine's for donor extents): its window starts again at `step` with `uses`.
+    pub fn set_exact(&mut self, base: u64, uses_per_step: u64, step: u64, uses: u64) {
+        let class = if uses_per_step >= 2 { Class::Hot } else { Class::Weights };
+        self.watched.insert(base, Watch { since_step: step, since_uses: uses, class, uses_per_step: uses_per_step as f64 });
+    }
+
     /// Starts every window again at `step` with the uses given (the step count was
     /// unreliable meanwhile: the application's launches stopped repeating); classes stay.
     pub fn restart_all(&mut self, step: u64, extents: &[(u64, u64)]) {
@@ -243,6 +250,17 @@ mod tests {
         assert_eq!((c.class(1), c.class(2), c.class(3)), (Class::Weights, Class::Hot, Class::Unknown));
         c.sample(13 * STEP, &[(1, 53), (2, 90), (3, 9)]);
         assert_eq!((c.class(1), c.class(2), c.class(3)), (Class::Weights, Class::Hot, Class::Hot));
+    }
+
+    #[test]
+    fn an_exact_count_classifies_at_once() {
+        let mut c = Classifier::new();
+        c.sample(0, &[(1, 0), (2, 0)]);
+        c.set_exact(1, 2, STEP, 7);
+        c.set_exact(2, 1, STEP, 3);
+        assert_eq!((c.class(1), c.class(2)), (Class::Hot, Class::Weights));
+        c.sample(4 * STEP, &[(1, 8), (2, 6)]);
+        assert_eq!((c.class(1), c.class(2)), (Class::Weights, Class::Weights), "windows go on from the exact count");
     }
 
     #[test]

@@ -195,6 +195,14 @@ impl<T: Transfers> Engine<T> {
         self.predictor.state()
     }
 
+    /// While the predictor is locked: how many launches of the last step (period)
+    /// referenced each donor extent, as `(base, uses)`; empty otherwise.
+    pub fn uses_per_step(&self) -> Vec<(u64, u64)> {
+        let mut counts = Vec::new();
+        self.predictor.uses_per_period(&mut counts);
+        counts.into_iter().filter_map(|(id, uses)| self.by_id.get(&id).map(|base| (*base, uses))).collect()
+    }
+
     /// Occupancy of the local cache.
     pub fn cache(&self) -> CacheState {
         let valid = self.staged.values().filter(|s| s.valid);

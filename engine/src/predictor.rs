@@ -44,8 +44,8 @@ pub struct PredictorState {
     pub predicted: u64,
     /// Of those, how many were predicted right.
     pub hits: u64,
-    /// Steps seen: every launch made while a period is in force counts for 1/period of a
-    /// step (the working set counts uses per step).
+    /// Steps seen: every launch made while the predictor is locked counts for 1/period of
+    /// a step (the working set counts uses per step).
     pub steps: u64,
     /// The same in units of 1/[`STEP_UNIT`] step.
     pub progress: u64,
@@ -122,7 +122,7 @@ impl Predictor {
         entry.seen.copy_within(0..OCCURRENCES - 1, 1);
         entry.seen[0] = position;
         entry.seen_count = (entry.seen_count + 1).min(OCCURRENCES);
-        if let Some(period) = self.period {
+        if let Some(period) = self.period.filter(|_| self.state().locked) {
             self.progress += STEP_UNIT.div_ceil(period);
         }
         self.expected = self.predict(1);
@@ -178,6 +178,24 @@ impl Predictor {
         }
     }
 
+    /// While locked: how many of the last period's launches referenced each extent (each
+    /// listed once, with its count), into `out`. Exact, unlike counts sampled at arbitrary
+    /// times. Returns false (and leaves `out` empty) when not locked.
+    pub fn uses_per_period(&self, out: &mut Vec<(u64, u64)>) -> bool {
+        out.clear();
+        let Some(period) = self.period.filter(|_| self.state().locked) else { return false };
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        for position in self.count.saturating_sub(period)..self.count {
+            let Some(signature) = self.at(position) else { continue };
+            for &extent in self.signatures[signature as usize].extents.iter() {
+                *counts.entry(extent).or_default() += 1;
+            }
+        }
+        out.extend(counts);
+        out.sort_unstable();
+        true
+    }
+
     /// Period, lock and hit rate.
     pub fn state(&self) -> PredictorState {
         PredictorState {
@@ -210,13 +228,28 @@ mod tests {
     }
 
     #[test]
+    fn uses_per_period_count_each_extent_over_the_last_period_once_locked() {
+        let mut p = Predictor::new();
+        let mut out = Vec::new();
+        // A step: weights 1..=4, each launch also reading activation 9.
+        let step = |p: &mut Predictor| (1..=4).for_each(|w| p.observe(&[w, 9]));
+        step(&mut p);
+        assert!(!p.uses_per_period(&mut out) && out.is_empty());
+        step(&mut p);
+        step(&mut p);
+        assert!(p.uses_per_period(&mut out));
+        assert_eq!(out, vec![(1, 1), (2, 1), (3, 1), (4, 1), (9, 4)]);
+    }
+
+    #[test]
     fn a_step_is_a_period_of_launches() {
         let mut p = Predictor::new();
         let blocks: Vec<u64> = (1..=10).collect();
         step(&mut p, &blocks);
-        assert_eq!(p.state().steps, 0, "the first step teaches the period");
         step(&mut p, &blocks);
-        assert_eq!(p.state().steps, 1, "the second step repeated the first");
+        assert_eq!(p.state().steps, 0, "steps count from the lock, 8 launches into the second step");
+        step(&mut p, &blocks);
+        assert_eq!(p.state().steps, 1);
         step(&mut p, &blocks[..5]);
         assert_eq!(p.state().steps, 1);
         step(&mut p, &blocks[5..]);

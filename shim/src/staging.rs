@@ -275,6 +275,12 @@ pub fn predictor(device: u32) -> Option<vvram_engine::PredictorState> {
     engine(device)?.as_ref().map(|d| d.engine.predictor())
 }
 
+/// The uses of each donor extent of `device` in the last step, once its engine's
+/// predictor is locked.
+pub fn uses_per_step(device: u32) -> Vec<(u64, u64)> {
+    engine(device).and_then(|slot| slot.as_ref().map(|d| d.engine.uses_per_step())).unwrap_or_default()
+}
+
 /// Before the backing of `[base, base + len)` moves: staged copies of it are written back
 /// (waited for) and dropped, and the engine's own copies of it are waited for.
 pub fn before_move(device: u32, base: u64, len: u64) -> Result<(), CUresult> {

@@ -36,7 +36,7 @@ use vvram_policy::Tier;
 const _: () = assert!(STEP == vvram_engine::STEP_UNIT);
 
 /// How often the background thread samples uses and plans promotions.
-pub const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(50);
 /// Bytes one batch moves at most (demotions and promotions together).
 const BATCH: u64 = 4 << 30;
 /// `CU_EVENT_DISABLE_TIMING`.
@@ -192,7 +192,9 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
         if !manager.settled(device) {
             continue;
         }
-        let moves = plan_promotions(&candidates(manager, device), manager.local_free(device), BATCH);
+        let candidates = candidates(manager, device);
+        let moves = plan_promotions(&candidates, manager.local_free(device), BATCH);
+        tracing::trace!(device, free = manager.local_free(device), hot_on_donors = candidates.iter().filter(|c| !c.local && c.class == Class::Hot).count(), moves = moves.len(), "working set");
         if !moves.is_empty() && current_context(device) {
             execute(manager, device, &moves);
         }
@@ -226,9 +228,11 @@ pub fn make_room(manager: &mut MemoryManager<RealOps>, request: Request) {
 }
 
 /// Samples the use records into the classifier; windows in which the predictor relearnt
-/// its period (its step count was approximate) start again instead.
+/// its period (its step count was approximate) start again instead. Donor extents are
+/// classified at once from the engine's exact count over the last step.
 fn sample(manager: &MemoryManager<RealOps>, device: u32, predictor: PredictorState) {
     let table = staging::table();
+    let exact = staging::uses_per_step(device);
     let mut tracked = tracked();
     let uses: Vec<(u64, u64)> = manager
         .extents(device)
@@ -244,6 +248,10 @@ fn sample(manager: &MemoryManager<RealOps>, device: u32, predictor: PredictorSta
         state.classifier.restart_all(predictor.progress, &uses);
     }
     state.relearns = predictor.locked.then_some(predictor.relearns);
+    for (base, uses_per_step) in exact {
+        let uses = uses.iter().find(|(b, _)| *b == base).map_or(0, |(_, u)| *u);
+        state.classifier.set_exact(base, uses_per_step, predictor.progress, uses);
+    }
 }
 
 fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
