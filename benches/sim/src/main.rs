@@ -28,8 +28,8 @@
 //! model's virtual clock: exact whatever the machine's load). Prints one line per step
 //! (`step N ms`), then `checksum X` (the outputs and final activations, equal for every
 //! variant), `host_bytes N` (bytes vvram, or the baseline, placed off the device) and,
-//! under libvvram.so, `donor_hot_bytes N` (`?` when the library does not report it), read
-//! after the last step.
+//! under libvvram.so, `donor_hot_bytes N` (`?` when the library does not report it) and
+//! the working set's counters, read after the last step, and the engine's counters.
 
 mod device;
 mod model;
@@ -168,7 +168,7 @@ fn run(variant: &str, host_fraction: f64) -> Checked {
         sim.record(step_end, sim.stream)?;
         println!("step {} {:.1} ms", step + 1, sim.finish(step_start, step_end)?);
     }
-    let donor_hot = stats.as_ref().map(Stats::donor_hot_bytes).transpose()?;
+    let working_set = stats.as_ref().map(Stats::working_set).transpose()?;
     let sums = sim.read(out, count + blocks.len())?;
     let checksum = sums.iter().enumerate().map(|(i, s)| *s as f64 * (i + 1) as f64).sum::<f64>() + acts.checksum(&sim)?;
     println!("checksum {checksum}");
@@ -177,11 +177,10 @@ fn run(variant: &str, host_fraction: f64) -> Checked {
         None => blocks.iter().flatten().zip(&host_part).filter(|(_, on_host)| **on_host).map(|(n, _)| n * 4).sum(),
     };
     println!("host_bytes {host_bytes}");
+    if let Some(text) = working_set {
+        println!("{text}");
+    }
     if let Some(stats) = &stats {
-        match donor_hot.flatten() {
-            Some(bytes) => println!("donor_hot_bytes {bytes}"),
-            None => println!("donor_hot_bytes ?"),
-        }
         stats.print_engine()?;
     }
     Ok(())

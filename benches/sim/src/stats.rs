@@ -28,10 +28,25 @@ impl Stats {
         stats["engine"]["donor_bytes"].as_u64().ok_or_else(|| format!("no engine.donor_bytes in {stats}"))
     }
 
-    /// Bytes of extents used more than once per step that live on a donor tier
-    /// (`working_set.donor_hot_bytes`), or `None` when this libvvram.so does not report it.
-    pub fn donor_hot_bytes(&self) -> Result<Option<u64>, String> {
-        Ok(self.read()?["working_set"]["donor_hot_bytes"].as_u64())
+    /// The working set as it stands: `donor_hot_bytes N` (bytes of extents used more than
+    /// once per step that live on a donor tier, `?` when this libvvram.so does not report
+    /// it), then, where vvram placed automatically, a line of the working set's counters.
+    pub fn working_set(&self) -> Result<String, String> {
+        let w = &self.read()?["working_set"];
+        let mib = |key: &str| w[key].as_u64().unwrap_or(0) >> 20;
+        let mut text = match w["donor_hot_bytes"].as_u64() {
+            Some(bytes) => format!("donor_hot_bytes {bytes}"),
+            None => "donor_hot_bytes ?".to_string(),
+        };
+        if w["devices"].as_u64().unwrap_or(0) > 0 {
+            text += &format!(
+                "\nworking set: settled {}, steps {}, hot {} MiB ({} MiB on donors), weights {} MiB ({} MiB local), demoted {} ({} MiB), promoted {} ({} MiB), {} batches in {:.1} ms, {} failed",
+                w["settled"], w["steps"], mib("hot_bytes"), mib("donor_hot_bytes"), mib("weights_bytes"), mib("local_weights_bytes"),
+                w["demotions"], mib("demoted_bytes"), w["promotions"], mib("promoted_bytes"), w["batches"],
+                w["move_ns"].as_u64().unwrap_or(0) as f64 / 1e6, w["failed_moves"]
+            );
+        }
+        Ok(text)
     }
 
     /// Prints the engine's counters, when an engine ran.
