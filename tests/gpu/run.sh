@@ -56,6 +56,14 @@ if [ -f "$bin/libvvram.so" ]; then
   for scenario in engine-struct engine-extra engine-cooperative engine-graph engine-kernel engine-thread; do
     check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$streaming" "$bin/cuda-exercise" "$scenario"
   done
+  working=$(mktemp --suffix=.toml)
+  printf '[[device]]\nindex = 0\nlocal_budget = "64MiB"\ndonors = [{ tier = "host", capacity = "256MiB" }]\n[streaming]\nenabled = true\nlocal_cache = "8MiB"\n' > "$working"
+  section "working set: load then sample, no phase (activations on the card, moves ordered on the real driver)"
+  for mode in steady pressure; do
+    check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$working" "$bin/cuda-exercise" working-set "$mode"
+  done
+  printf '[placement]\nreserve = "2MiB"\n' >> "$working"
+  check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$working" "$bin/cuda-exercise" working-set steady
   policy=$(mktemp --suffix=.toml)
   printf '[[device]]\nindex = 0\nlocal_budget = "8GiB"\ndonors = [{ tier = "host", capacity = "32GiB" }]\n' > "$policy"
   section "shim: ComfyUI package preset through the node class"
