@@ -1,7 +1,9 @@
 //! The launch hook's cost with the migration engine running: `cuLaunchKernel` straight
 //! from the (fake) driver against the same launch through libvvram.so, for a kernel whose
-//! parameters hold no vvram pointer (target: at most 150 ns more), and, for reference, a
-//! launch that reads a host-tier weight (scanned, translated, staged).
+//! parameters hold no vvram pointer (target: at most 150 ns more), one that reads an
+//! activation vvram placed on the card (found in the table, its use counted: the common
+//! case under automatic placement; same target), and, for reference, a launch that reads
+//! a host-tier weight (scanned, translated, staged).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::ffi::c_void;
@@ -25,7 +27,7 @@ fn launches(c: &mut Criterion) {
     let shim = open_local(&shim_library());
     let mut context = std::ptr::null_mut();
     let (mut module, mut function): (*mut c_void, CUfunction) = (std::ptr::null_mut(), std::ptr::null_mut());
-    let (mut plain, mut weight) = (0u64, 0u64);
+    let (mut plain, mut weight, mut activation) = (0u64, 0u64, 0u64);
     unsafe {
         assert_eq!(driver.symbol::<pfn::cuInit>("cuInit")(0), 0);
         assert_eq!(driver.symbol::<pfn::cuDevicePrimaryCtxRetain>("cuDevicePrimaryCtxRetain")(&mut context, 0), 0);
@@ -37,6 +39,7 @@ fn launches(c: &mut Criterion) {
         assert_eq!(set_phase(c"load".as_ptr()), 0);
         assert_eq!(shim.symbol::<pfn::cuMemAlloc_v2>("cuMemAlloc_v2")(&mut weight, 1 << 20), 0);
         assert_eq!(set_phase(std::ptr::null()), 0);
+        assert_eq!(shim.symbol::<pfn::cuMemAlloc_v2>("cuMemAlloc_v2")(&mut activation, 2 << 20), 0);
     }
     let real: pfn::cuLaunchKernel = driver.symbol("cuLaunchKernel");
     let hooked: pfn::cuLaunchKernel = shim.symbol("cuLaunchKernel");
@@ -51,6 +54,10 @@ fn launches(c: &mut Criterion) {
     group.bench_function("driver", |b| b.iter(|| black_box(launch(real, plain + 4096))));
     unsafe { synchronize() };
     group.bench_function("through the hook, engine running", |b| b.iter(|| black_box(launch(hooked, plain + 4096))));
+    unsafe { synchronize() };
+    group.finish();
+    let mut group = c.benchmark_group("cuLaunchKernel, activation on the card");
+    group.bench_function("through the hook, use counted", |b| b.iter(|| black_box(launch(hooked, activation))));
     unsafe { synchronize() };
     group.finish();
     let mut group = c.benchmark_group("cuLaunchKernel, host-tier weight");
