@@ -125,10 +125,15 @@ impl ExtentTable {
         if kept < entries.len() { Err(TableFull { dropped: entries.len() - kept }) } else { Ok(()) }
     }
 
+    /// The table's version: it changes with every [`ExtentTable::replace`].
+    pub fn version(&self) -> u64 {
+        self.sequence.load(Ordering::SeqCst)
+    }
+
     /// Calls `found(index, hit)` for every 8-aligned word of `bytes` that lies inside an
     /// extent (`index` is the word's byte offset). Lock-free; consistent with one version
-    /// of the table.
-    pub fn scan(&self, bytes: &[u8], mut found: impl FnMut(usize, Hit)) {
+    /// of the table, which it returns (see [`ExtentTable::version`]).
+    pub fn scan(&self, bytes: &[u8], mut found: impl FnMut(usize, Hit)) -> u64 {
         loop {
             let before = self.sequence.load(Ordering::Acquire);
             if before & 1 == 1 {
@@ -144,7 +149,7 @@ impl ExtentTable {
             if !any_in_range {
                 fence(Ordering::Acquire);
                 if self.sequence.load(Ordering::Relaxed) == before {
-                    return;
+                    return before;
                 }
                 continue;
             }
@@ -165,7 +170,7 @@ impl ExtentTable {
             }
             if !overflow {
                 hits[..count].iter().for_each(|&(o, h)| found(o, h));
-                return;
+                return before;
             }
             // More than 16 hits (rare: a packed buffer full of weight pointers): report
             // them from a second pass, still checked against the same table version.
@@ -174,7 +179,7 @@ impl ExtentTable {
             fence(Ordering::Acquire);
             if self.sequence.load(Ordering::Relaxed) == before {
                 all.into_iter().for_each(|(o, h)| found(o, h));
-                return;
+                return before;
             }
         }
     }
@@ -211,6 +216,13 @@ impl ExtentTable {
         let mut result = None;
         self.scan(&address.to_ne_bytes(), |_, hit| result = Some(hit));
         result
+    }
+
+    /// Like [`ExtentTable::find`], with the version of the table it answered from.
+    pub fn find_versioned(&self, address: u64) -> (Option<Hit>, u64) {
+        let mut result = None;
+        let version = self.scan(&address.to_ne_bytes(), |_, hit| result = Some(hit));
+        (result, version)
     }
 
     /// Counts one use of the extent with `slot` by a launch on `stream`.
@@ -351,6 +363,16 @@ mod tests {
             assert_eq!(hits, 1, "a scan saw no version or mixed two versions of the table");
         }
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_scan_returns_the_version_it_read_and_every_replace_changes_it() {
+        let table = ExtentTable::new(2);
+        let first = table.scan(&words(&[0x1000]), |_, _| {});
+        assert_eq!(first, table.version());
+        table.replace(&mut entries(&[(0x1000, 8)])).unwrap();
+        let (hit, second) = table.find_versioned(0x1000);
+        assert!(hit.is_some() && second != first && second == table.version());
     }
 
     #[test]

@@ -21,37 +21,45 @@ use vvram_cuda::*;
 /// A byte range `(address, len)`.
 pub type Range = Option<(u64, usize)>;
 
-/// The extents at the ends of `range` (a copy stays inside one allocation).
-fn hits(range: Range) -> [Option<Hit>; 2] {
+/// The extents at the ends of `range` (a copy stays inside one allocation), and the
+/// oldest table version they were read from.
+fn hits(range: Range) -> ([Option<Hit>; 2], u64) {
+    let table = staging::table();
     match range {
         Some((address, len)) if len > 0 => {
-            let table = staging::table();
-            [table.find(address), table.find(address + len as u64 - 1)]
+            let ((first, a), (last, b)) = (table.find_versioned(address), table.find_versioned(address + len as u64 - 1));
+            ([first, last], a.min(b))
         }
-        _ => [None, None],
+        _ => ([None, None], table.version()),
     }
 }
 
 fn touches(range: Range) -> bool {
-    hits(range).iter().flatten().any(|h| h.donor)
+    hits(range).0.iter().flatten().any(|h| h.donor)
 }
 
 /// Waits until no extent the ranges touch is being moved; notes `stream` as a user of
 /// those extents (a move is ordered after it) and returns the guard to hold until the
-/// operation is issued, with whether a donor extent is touched.
-fn enter(read: Range, write: Range, stream: usize) -> (Entered, bool) {
+/// operation is issued (none when no extent is touched), with whether a donor extent is.
+fn enter(read: Range, write: Range, stream: usize) -> (Option<Entered>, bool) {
     loop {
-        let entered = working_set::enter();
-        let ([a, b], [c, d]) = (hits(read), hits(write));
+        let (([a, b], first), ([c, d], second)) = (hits(read), hits(write));
         let found = [a, b, c, d];
         let found = found.iter().flatten();
+        if found.clone().next().is_none() {
+            return (None, false);
+        }
+        let entered = working_set::enter();
+        if staging::table().version() != first.min(second) {
+            continue;
+        }
         if found.clone().any(|h| h.moving) {
             drop(entered);
             working_set::wait_for_moves();
             continue;
         }
         found.clone().for_each(|h| staging::table().note_stream(h.slot, stream));
-        return (entered, found.clone().any(|h| h.donor));
+        return (Some(entered), found.clone().any(|h| h.donor));
     }
 }
 

@@ -144,7 +144,7 @@ pub fn snapshot() -> Snapshot {
                             .iter()
                             .map(|t| {
                                 let (hot, weights) = class(t.tier);
-                                TierSnapshot { tier: t.tier.to_string(), used: t.used, capacity: t.capacity, hot, weights }
+                                TierSnapshot { tier: t.tier.to_string(), used: t.used, capacity: t.capacity, hot, weights, unknown: t.used.saturating_sub(hot + weights) }
                             })
                             .collect(),
                     }

@@ -210,13 +210,12 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
     LAUNCHES_SEEN.fetch_add(1, Ordering::Relaxed);
     let table = staging::table();
     let (_entered, refs, layout) = loop {
-        let entered = working_set::enter();
         let mut refs = Refs { bases: [0; MAX_REFS], len: 0, slots: [0; MAX_REFS], slot_count: 0, moving: false, maps: [0; MAX_MAPS], map_count: 0 };
         let mut layout: &[u32] = &[];
+        let mut version = table.version();
         if !given.params.is_null() {
             let Some(found) = layout_of(function) else {
                 UNSCANNED_LAUNCHES.fetch_add(1, Ordering::Relaxed);
-                drop(entered);
                 let _blind = working_set::enter_blind();
                 return issue(given);
             };
@@ -227,10 +226,20 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
                 if size as usize == DESCRIPTOR_BYTES && refs.tensor_map(i, bytes) {
                     continue;
                 }
-                table.scan(bytes, |_, hit| refs.add(hit));
+                version = version.min(table.scan(bytes, |_, hit| refs.add(hit)));
             }
         } else if let Some((buffer, size)) = unsafe { packed(given.extra) } {
-            table.scan(unsafe { staging::bytes(buffer, size) }, |_, hit| refs.add(hit));
+            version = version.min(table.scan(unsafe { staging::bytes(buffer, size) }, |_, hit| refs.add(hit)));
+        }
+        if refs.slot_count == 0 && refs.len == 0 {
+            // No vvram extent: nothing a move or the engine must know about.
+            return issue(given);
+        }
+        // Counted as in flight before the table may change again; a table replaced since
+        // the scan (a move may have begun) means scanning again.
+        let entered = working_set::enter();
+        if table.version() != version {
+            continue;
         }
         if !refs.moving {
             break (entered, refs, layout);

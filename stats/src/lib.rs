@@ -36,6 +36,10 @@ pub struct TierSnapshot {
     /// Of `used`, bytes of extents the observed steps use at most once per step (weights).
     #[serde(default)]
     pub weights: u64,
+    /// Of `used`, bytes not classified (not watched long enough, placed by an explicit
+    /// rule, slabs, the staging cache).
+    #[serde(default)]
+    pub unknown: u64,
 }
 
 /// One compute device the policy manages.

@@ -22,7 +22,7 @@ fn snapshot(allocations: u64) -> Snapshot {
             device: 0,
             reported_total: 3 << 30,
             allocations,
-            tiers: vec![TierSnapshot { tier: "local".into(), used: 1 << 30, capacity: 1 << 30, hot: 1 << 29, weights: 0 }],
+            tiers: vec![TierSnapshot { tier: "local".into(), used: 1 << 30, capacity: 1 << 30, hot: 1 << 29, weights: 0, unknown: 1 << 29 }],
         }],
         host_pool_bytes: 0,
         allocations,

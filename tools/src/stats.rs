@@ -48,17 +48,18 @@ pub fn render(s: &Snapshot) -> String {
     );
     for device in &s.devices {
         out += &format!("\ndevice {} — the application is told it holds {}\n", device.device, format_size(device.reported_total));
-        out += &format!("  {:<8} {:>12} {:>12} {:>7} {:>12} {:>12}\n", "tier", "used", "budget", "", "hot", "weights");
+        out += &format!("  {:<8} {:>12} {:>12} {:>7} {:>12} {:>12} {:>12}\n", "tier", "used", "budget", "", "hot", "weights", "unknown");
         for tier in &device.tiers {
             out += &format!(
-                "  {:<8} {:>12} {:>12} {:>6.1}% {} {:>12} {:>12}\n",
+                "  {:<8} {:>12} {:>12} {:>6.1}% {} {:>12} {:>12} {:>12}\n",
                 printable(&tier.tier),
                 format_size(tier.used),
                 format_size(tier.capacity),
                 if tier.capacity == 0 { 0.0 } else { tier.used as f64 * 100.0 / tier.capacity as f64 },
                 bar(tier.used, tier.capacity),
                 format_size(tier.hot),
-                format_size(tier.weights)
+                format_size(tier.weights),
+                format_size(tier.unknown)
             );
         }
         out += &format!("  live allocations: {}\n", device.allocations);
@@ -185,7 +186,7 @@ mod tests {
             policy_error: Some(evil.into()),
             phase: Some(evil.into()),
             tag: Some(evil.into()),
-            devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: evil.into(), used: 0, capacity: 1, hot: 0, weights: 0 }] }],
+            devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: evil.into(), used: 0, capacity: 1, hot: 0, weights: 0, unknown: 0 }] }],
             host_pool_bytes: 0,
             allocations: 0,
             frees: 0,
@@ -198,6 +199,6 @@ mod tests {
         let table = render(&snapshot);
         assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
         assert!(table.contains("\\u{1b}[2J"), "{table}");
-        assert_eq!(table.matches('\n').count(), render(&Snapshot { version: "v".into(), policy: Some("p".into()), phase: Some("x".into()), devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: "local".into(), used: 0, capacity: 1, hot: 0, weights: 0 }] }], ..snapshot.clone() }).matches('\n').count());
+        assert_eq!(table.matches('\n').count(), render(&Snapshot { version: "v".into(), policy: Some("p".into()), phase: Some("x".into()), devices: vec![DeviceSnapshot { device: 0, reported_total: 1, allocations: 0, tiers: vec![TierSnapshot { tier: "local".into(), used: 0, capacity: 1, hot: 0, weights: 0, unknown: 0 }] }], ..snapshot.clone() }).matches('\n').count());
     }
 }
