@@ -9,8 +9,8 @@
 //! step over that window, else [`Class::Weights`]. A window that is not aligned with the
 //! steps miscounts by at most one use, so an extent used once per step shows at most
 //! 4 uses in 3 steps (1.33 per step) and one used twice at least 5 (1.67): three steps
-//! tell them apart. [`plan_promotions`] and [`plan_demotions`] choose the
-//! moves; the shim carries them out with [`crate::MemoryManager::begin_move`] and
+//! tell them apart. [`plan_promotions`], [`plan_demotions`] and [`plan_refill`] choose
+//! the moves; the shim carries them out with [`crate::MemoryManager::begin_move`] and
 //! [`crate::MemoryManager::finish_move`].
 
 use std::collections::HashMap;
@@ -215,6 +215,28 @@ pub fn plan_promotions(candidates: &[Candidate], free: u64, batch: u64) -> Vec<M
     moves
 }
 
+/// Once nothing hot waits for room: weights living on a donor brought back to the
+/// compute device (a weight there costs no transfer) while its free bytes stay at least
+/// `margin`, most used first, at most `batch` bytes.
+pub fn plan_refill(candidates: &[Candidate], free: u64, margin: u64, batch: u64) -> Vec<Move> {
+    if candidates.iter().any(|c| !c.local && c.class == Class::Hot) {
+        return Vec::new();
+    }
+    let mut weights: Vec<&Candidate> = candidates.iter().filter(|c| !c.local && c.class == Class::Weights && !c.settling).collect();
+    weights.sort_by(|a, b| b.uses_per_step.total_cmp(&a.uses_per_step).then(a.base.cmp(&b.base)));
+    let (mut free, mut moved) = (free, 0);
+    let mut moves = Vec::new();
+    for weight in weights {
+        if free < margin + weight.span || moved + weight.span > batch {
+            continue;
+        }
+        moves.push(Move::Promote(weight.base));
+        free -= weight.span;
+        moved += weight.span;
+    }
+    moves
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +335,21 @@ mod tests {
         assert_eq!(plan_promotions(&candidates, 10 * MIB, u64::MAX), vec![Move::Promote(3), Move::Promote(2)]);
         assert_eq!(plan_promotions(&candidates, 0, u64::MAX), vec![Move::Demote(1), Move::Promote(3)], "one weight makes room for one");
         assert_eq!(plan_promotions(&candidates, 6 * MIB, 6 * MIB), vec![Move::Promote(3)], "the batch limit holds");
+    }
+
+    #[test]
+    fn weights_come_back_into_room_beyond_the_margin_once_nothing_hot_waits() {
+        let mut candidates = vec![
+            candidate(1, 8 * MIB, false, Class::Weights, 1.0),
+            candidate(2, 4 * MIB, false, Class::Weights, 2.0),
+            candidate(3, 8 * MIB, true, Class::Weights, 1.0),
+            candidate(4, 2 * MIB, false, Class::Unknown, 0.0),
+        ];
+        assert_eq!(plan_refill(&candidates, 16 * MIB, 4 * MIB, u64::MAX), vec![Move::Promote(2), Move::Promote(1)]);
+        assert_eq!(plan_refill(&candidates, 12 * MIB, 4 * MIB, u64::MAX), vec![Move::Promote(2)], "8 MiB more would eat the margin");
+        assert_eq!(plan_refill(&candidates, 16 * MIB, 4 * MIB, 8 * MIB), vec![Move::Promote(2)], "the batch limit holds");
+        candidates.push(candidate(5, 2 * MIB, false, Class::Hot, 9.0));
+        assert_eq!(plan_refill(&candidates, 16 * MIB, 4 * MIB, u64::MAX), vec![], "hot extents first");
     }
 
     #[test]

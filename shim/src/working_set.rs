@@ -7,7 +7,9 @@
 //!   stable slot whose use record (launch count, streams) the hooks update.
 //! * [`tick`] (the background thread, every [`TICK`]) samples the use records into the
 //!   classifier, settles a device once its engine has seen a repeating step, and carries
-//!   out one batch of promotions ([`vvram_allocator::working_set::plan_promotions`]).
+//!   out one batch of promotions ([`vvram_allocator::working_set::plan_promotions`]), or,
+//!   when nothing hot waits, brings weights back into free room beyond a margin
+//!   ([`vvram_allocator::working_set::plan_refill`]).
 //! * [`make_room`] (the allocation hooks, state lock held) demotes weights when an
 //!   automatic allocation on a settled device would not fit on it.
 //!
@@ -26,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
-use vvram_allocator::working_set::{Candidate, Class, Classifier, Move, SETTLE_STEPS, STEP, plan_demotions, plan_promotions};
+use vvram_allocator::working_set::{Candidate, Class, Classifier, Move, SETTLE_STEPS, STEP, plan_demotions, plan_promotions, plan_refill};
 use vvram_allocator::{MemoryManager, MoveTarget, PendingMove, Request};
 use vvram_cuda::*;
 use vvram_engine::{Entry, PredictorState};
@@ -193,12 +195,24 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
             continue;
         }
         let candidates = candidates(manager, device);
-        let moves = plan_promotions(&candidates, manager.local_free(device), BATCH);
+        let free = manager.local_free(device);
+        let mut moves = plan_promotions(&candidates, free, BATCH);
+        if moves.is_empty() {
+            let budget = manager.plan().device(device).map_or(0, |d| d.local_budget);
+            moves = plan_refill(&candidates, free, refill_margin(budget), BATCH);
+        }
         tracing::trace!(device, free = manager.local_free(device), hot_on_donors = candidates.iter().filter(|c| !c.local && c.class == Class::Hot).count(), moves = moves.len(), "working set");
         if !moves.is_empty() && current_context(device) {
             execute(manager, device, &moves);
         }
     }
+}
+
+/// Bytes of the compute device that bringing weights back leaves free: 1/64 of the
+/// local budget, at least two chunks (what sampling allocates later demotes weights
+/// again if it needs more).
+fn refill_margin(local_budget: u64) -> u64 {
+    (local_budget / 64).max(2 * vvram_allocator::CHUNK)
 }
 
 /// Before an allocation (state lock held): tells the manager whether kernels were
