@@ -513,7 +513,9 @@ impl<D: Driver> MemoryManager<D> {
             Err(result::OUT_OF_MEMORY) => self.counters.out_of_memory += 1,
             Err(_) => {}
         }
-        self.computing.remove(&request.device);
+        if request.size >= SMALL_LIMIT {
+            self.computing.remove(&request.device);
+        }
         outcome
     }
 
@@ -749,18 +751,35 @@ impl<D: Driver> MemoryManager<D> {
                 return Err(code);
             }
         }
-        if let Err((_, code)) = self.map_chunks(device, pending.base, &pending.chunks) {
+        if let Err((mapped, code)) = self.map_chunks(device, pending.base, &pending.chunks) {
             self.counters.errors += 1;
-            for (i, _) in pending.chunks.iter().enumerate() {
-                let _ = self.driver.unmap(pending.base + i as u64 * CHUNK, CHUNK);
+            let PendingMove { base, staging, space, chunks, .. } = pending;
+            let mut kept = Vec::new();
+            for (i, _) in chunks.iter().enumerate().take(mapped) {
+                // A chunk still mapped at the extent is never handed out again.
+                if self.driver.unmap(base + i as u64 * CHUNK, CHUNK).is_err() {
+                    kept.push(i);
+                }
             }
-            if self.map_chunks(device, pending.base, &old).is_err() {
+            if self.map_chunks(device, base, &old).is_err() {
                 self.counters.errors += 1;
             }
-            if let Some(allocation) = self.allocations.get_mut(&pending.base) {
+            if let Some(allocation) = self.allocations.get_mut(&base) {
                 allocation.backing = Backing::Extent(old);
             }
-            self.abort_move(pending);
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let at_staging = staging + i as u64 * CHUNK;
+                if kept.contains(&i) {
+                    self.counters.errors += 1;
+                    self.stuck.push(Stuck { space, mapped_at: Some(base + i as u64 * CHUNK), chunk });
+                } else if self.driver.unmap(at_staging, CHUNK).is_err() {
+                    self.counters.errors += 1;
+                    self.stuck.push(Stuck { space, mapped_at: Some(at_staging), chunk });
+                } else {
+                    self.give_back_address_space(space, at_staging, CHUNK);
+                    self.return_chunk(space, chunk);
+                }
+            }
             return Err(code);
         }
         let PendingMove { base, staging, space, chunks, .. } = pending;

@@ -466,3 +466,18 @@ fn a_failed_remap_puts_the_old_backing_back() {
     m.free(a).unwrap();
     assert_eq!(m.driver().mapping_count(), 0);
 }
+
+#[test]
+fn a_failed_map_of_the_new_backing_puts_the_old_one_back_and_gives_the_new_one_back() {
+    let mut m = manager(STREAMING);
+    let a = m.allocate(request(4 * MIB)).unwrap();
+    let pending = m.begin_move(a, MoveTarget::Donors).unwrap();
+    m.driver().fail_next("map", result::UNKNOWN, 1);
+    assert_eq!(m.finish_move(pending).unwrap_err(), result::UNKNOWN);
+    assert_eq!(m.driver().location_of(a), Some(Location::Device(0)));
+    assert_eq!(m.driver().location_of(a + 2 * MIB), Some(Location::Device(0)));
+    assert_eq!((used(&m, Tier::Local), used(&m, Tier::Host)), (4 * MIB, 0));
+    assert_eq!(m.stuck_chunks(), 0);
+    m.free(a).unwrap();
+    assert_eq!(m.driver().mapping_count(), 0);
+}

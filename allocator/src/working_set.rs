@@ -120,6 +120,11 @@ impl Classifier {
         }
     }
 
+    /// Forgets `base` (freed, or another allocation took its address).
+    pub fn forget(&mut self, base: u64) {
+        self.watched.remove(&base);
+    }
+
     /// The class of `base`.
     pub fn class(&self, base: u64) -> Class {
         self.watched.get(&base).map_or(Class::Unknown, |w| w.class)
@@ -261,6 +266,8 @@ mod tests {
         c.sample(4 * STEP, &[(1, 5)]);
         assert_eq!(c.class(2), Class::Unknown, "an extent no longer listed is forgotten");
         assert_eq!(c.class(1), Class::Weights, "the class holds until the next window ends");
+        c.forget(1);
+        assert_eq!(c.class(1), Class::Unknown);
     }
 
     #[test]

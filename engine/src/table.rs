@@ -135,7 +135,9 @@ impl ExtentTable {
     /// of the table, which it returns (see [`ExtentTable::version`]).
     pub fn scan(&self, bytes: &[u8], mut found: impl FnMut(usize, Hit)) -> u64 {
         loop {
-            let before = self.sequence.load(Ordering::Acquire);
+            // SeqCst: a hook that scans after announcing itself in flight must see a table
+            // a mover published before waiting for in-flight hooks (see the shim).
+            let before = self.sequence.load(Ordering::SeqCst);
             if before & 1 == 1 {
                 std::hint::spin_loop();
                 continue;
@@ -273,6 +275,18 @@ impl ExtentTable {
         !self.many_streams[slot].load(Ordering::Relaxed)
     }
 
+    /// Forgets `stream` (destroyed: its handle may be reused) in every record that holds
+    /// it; those records say "many streams" from now on, so a move of their extent is
+    /// ordered without them.
+    pub fn forget_stream(&self, stream: usize) {
+        let key = stream.wrapping_add(1);
+        for (index, known) in self.streams.iter().enumerate() {
+            if known.compare_exchange(key, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                self.many_streams[index / STREAMS_PER_EXTENT].store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Clears the record of `slot` (given to a new extent).
     pub fn clear_record(&self, slot: u32) {
         let slot = slot as usize;
@@ -407,6 +421,13 @@ mod tests {
         assert!(!table.streams(1, &mut streams), "six streams fit in four places");
         table.clear_record(1);
         assert_eq!(table.uses(1), 0);
+        table.record_use(0, 5);
+        table.record_use(1, 5);
+        table.record_use(1, 6);
+        table.forget_stream(6);
+        assert!(table.streams(0, &mut streams) && streams == vec![5], "a record without the stream is untouched");
+        assert!(!table.streams(1, &mut streams) && streams == vec![5], "a destroyed stream makes the record say many");
+        table.clear_record(1);
         assert!(table.streams(1, &mut streams) && streams.is_empty());
     }
 

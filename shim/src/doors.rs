@@ -88,6 +88,7 @@ hook_table!(
     cuStreamBeginCapture_v2_ptsz,
     cuStreamEndCapture,
     cuStreamEndCapture_ptsz,
+    cuStreamDestroy_v2,
     cuTensorMapEncodeTiled,
     cuTensorMapEncodeIm2col,
 );

@@ -409,6 +409,25 @@ static CAPTURES: AtomicUsize = AtomicUsize::new(0);
 /// vvram memory given to `cuMemFree` while a stream captured.
 static DEFERRED_FREES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
+/// Whether a stream capture is under way in the process (moves wait: a copy ordered after
+/// a capturing stream would join the capture).
+pub fn capture_under_way() -> bool {
+    CAPTURES.load(Ordering::Acquire) > 0
+}
+
+/// `cuStreamDestroy_v2`: the stream is forgotten by the use records (its handle may be
+/// reused by another stream).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
+    guard("cuStreamDestroy_v2", || {
+        let code = real_call!(cuStreamDestroy_v2(stream));
+        if code == result::SUCCESS && crate::staging::ACTIVE.load(Ordering::Relaxed) {
+            crate::staging::table().forget_stream(stream as usize);
+        }
+        code
+    })
+}
+
 /// Counts a capture that began.
 fn began(code: CUresult) -> CUresult {
     if code == result::SUCCESS {
@@ -467,9 +486,12 @@ fn fast_h2d(dst: u64, src: *const c_void, len: usize, order: CUstream, device_co
     if src.is_null() || len == 0 || !is_host_memory(src as u64) || capturing(order) {
         return None;
     }
-    // Pinned from the lookup to the end of the copy: a racing free is deferred until then.
+    // Pinned from the lookup to the end of the copy: a racing free is deferred until then,
+    // and no move starts meanwhile; the stream is noted, so a later move is ordered after
+    // the copy's device pieces.
     let (base, segments) = state().manager.as_mut().and_then(|m| m.pin(dst, len as u64))?;
     let _pinned = Pinned(base);
+    crate::working_set::note_user(dst, order as usize);
     if !segments.iter().any(|s| s.host) {
         return None;
     }
@@ -574,7 +596,7 @@ pub unsafe extern "C" fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, 
 pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, len: usize) -> CUresult {
     guard("cuMemcpyHtoD_v2", || {
         fast_h2d(dst, src, len, LEGACY, |d, s, n| real_call!(cuMemcpyHtoD_v2(d, s, n)))
-            .unwrap_or_else(|| real_call!(cuMemcpyHtoD_v2(dst, src, len)))
+            .unwrap_or_else(|| around(None, Some((dst, len)), None, 0, || real_call!(cuMemcpyHtoD_v2(dst, src, len))))
     })
 }
 
@@ -582,15 +604,17 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, l
 pub unsafe extern "C" fn cuMemcpyHtoD_v2_ptds(dst: CUdeviceptr, src: *const c_void, len: usize) -> CUresult {
     guard("cuMemcpyHtoD_v2_ptds", || {
         fast_h2d(dst, src, len, PER_THREAD, |d, s, n| real_call!(cuMemcpyHtoD_v2_ptds(d, s, n)))
-            .unwrap_or_else(|| real_call!(cuMemcpyHtoD_v2_ptds(dst, src, len)))
+            .unwrap_or_else(|| around(None, Some((dst, len)), None, CU_STREAM_PER_THREAD, || real_call!(cuMemcpyHtoD_v2_ptds(dst, src, len))))
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, len: usize, stream: CUstream) -> CUresult {
     guard("cuMemcpyHtoDAsync_v2", || {
-        fast_h2d(dst, src, len, stream, |d, s, n| real_call!(cuMemcpyHtoDAsync_v2(d, s, n, stream)))
-            .unwrap_or_else(|| real_call!(cuMemcpyHtoDAsync_v2(dst, src, len, stream)))
+        fast_h2d(dst, src, len, stream, |d, s, n| real_call!(cuMemcpyHtoDAsync_v2(d, s, n, stream))).unwrap_or_else(|| {
+            let key = stream as usize;
+            around(None, Some((dst, len)), Some(key), key, || real_call!(cuMemcpyHtoDAsync_v2(dst, src, len, stream)))
+        })
     })
 }
 
@@ -598,8 +622,10 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_vo
 pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2_ptsz(dst: CUdeviceptr, src: *const c_void, len: usize, stream: CUstream) -> CUresult {
     guard("cuMemcpyHtoDAsync_v2_ptsz", || {
         let ordered = per_thread_stream(stream);
-        fast_h2d(dst, src, len, ordered, |d, s, n| real_call!(cuMemcpyHtoDAsync_v2_ptsz(d, s, n, stream)))
-            .unwrap_or_else(|| real_call!(cuMemcpyHtoDAsync_v2_ptsz(dst, src, len, stream)))
+        fast_h2d(dst, src, len, ordered, |d, s, n| real_call!(cuMemcpyHtoDAsync_v2_ptsz(d, s, n, stream))).unwrap_or_else(|| {
+            let key = ordered as usize;
+            around(None, Some((dst, len)), Some(key), key, || real_call!(cuMemcpyHtoDAsync_v2_ptsz(dst, src, len, stream)))
+        })
     })
 }
 

@@ -150,6 +150,8 @@ struct Refs {
     len: usize,
     slots: [u32; MAX_REFS],
     slot_count: usize,
+    /// More extents than `slots` holds: the launch is treated as using any extent.
+    overflow: bool,
     moving: bool,
     maps: [u16; MAX_MAPS],
     map_count: usize,
@@ -161,8 +163,12 @@ impl Refs {
     fn tensor_map(&mut self, index: usize, bytes: &[u8]) -> bool {
         let Ok(descriptor) = <&[u8; DESCRIPTOR_BYTES]>::try_from(bytes) else { return false };
         let Some(maps) = tensor_map::recorded().filter(|_| self.map_count < MAX_MAPS) else { return false };
-        let Some(hit) = maps.find(descriptor).and_then(|e| staging::table().find(e.address)).filter(|h| h.donor) else { return false };
+        let Some(hit) = maps.find(descriptor).and_then(|e| staging::table().find(e.address)) else { return false };
         self.add(hit);
+        if !hit.donor {
+            // Memory on the card: the launch uses it (a move must know), nothing to re-encode.
+            return false;
+        }
         self.maps[self.map_count] = index as u16;
         self.map_count += 1;
         true
@@ -170,9 +176,13 @@ impl Refs {
 
     fn add(&mut self, hit: Hit) {
         self.moving |= hit.moving;
-        if !self.slots[..self.slot_count].contains(&hit.slot) && self.slot_count < MAX_REFS {
-            self.slots[self.slot_count] = hit.slot;
-            self.slot_count += 1;
+        if !self.slots[..self.slot_count].contains(&hit.slot) {
+            if self.slot_count < MAX_REFS {
+                self.slots[self.slot_count] = hit.slot;
+                self.slot_count += 1;
+            } else {
+                self.overflow = true;
+            }
         }
         if hit.donor && !self.bases[..self.len].contains(&hit.base) && self.len < MAX_REFS {
             self.bases[self.len] = hit.base;
@@ -210,7 +220,8 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
     LAUNCHES_SEEN.fetch_add(1, Ordering::Relaxed);
     let table = staging::table();
     let (_entered, refs, layout) = loop {
-        let mut refs = Refs { bases: [0; MAX_REFS], len: 0, slots: [0; MAX_REFS], slot_count: 0, moving: false, maps: [0; MAX_MAPS], map_count: 0 };
+        let mut refs =
+            Refs { bases: [0; MAX_REFS], len: 0, slots: [0; MAX_REFS], slot_count: 0, overflow: false, moving: false, maps: [0; MAX_MAPS], map_count: 0 };
         let mut layout: &[u32] = &[];
         let mut version = table.version();
         if !given.params.is_null() {
@@ -230,14 +241,20 @@ unsafe fn launch(hook: &'static str, function: CUfunction, stream: usize, given:
             }
         } else if let Some((buffer, size)) = unsafe { packed(given.extra) } {
             version = version.min(table.scan(unsafe { staging::bytes(buffer, size) }, |_, hit| refs.add(hit)));
+        } else if !given.extra.is_null() {
+            // An `extra` array not in the packed form: its parameters cannot be read.
+            UNSCANNED_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+            let _blind = working_set::enter_blind();
+            return issue(given);
         }
         if refs.slot_count == 0 && refs.len == 0 {
             // No vvram extent: nothing a move or the engine must know about.
             return issue(given);
         }
         // Counted as in flight before the table may change again; a table replaced since
-        // the scan (a move may have begun) means scanning again.
-        let entered = working_set::enter();
+        // the scan (a move may have begun) means scanning again. A launch with more
+        // extents than are recorded waits for any move under way instead.
+        let entered = if refs.overflow { working_set::enter_blind() } else { working_set::enter() };
         if table.version() != version {
             continue;
         }

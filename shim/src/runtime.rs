@@ -307,8 +307,13 @@ fn start_background() {
         loop {
             if last_tick.elapsed() >= crate::working_set::TICK {
                 last_tick = Instant::now();
-                if let Some(manager) = state().manager.as_mut() {
-                    crate::working_set::tick(manager);
+                let mut state = state();
+                if let Some(manager) = state.manager.as_mut() {
+                    let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::working_set::tick(manager)));
+                    if ticked.is_err() {
+                        HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("panic caught in the working set's background turn");
+                    }
                 }
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {

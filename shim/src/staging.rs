@@ -73,6 +73,12 @@ fn check(code: CUresult) -> Result<(), CUresult> {
 }
 
 impl DriverTransfers {
+    /// Waits until every copy queued on the staging and write-back streams has finished.
+    fn drain(&mut self) -> Result<(), CUresult> {
+        check(real_call!(cuStreamSynchronize(self.stage_stream)))?;
+        check(real_call!(cuStreamSynchronize(self.write_back_stream)))
+    }
+
     /// Streams in the calling thread's context.
     fn new() -> Result<DriverTransfers, CUresult> {
         let (mut stage_stream, mut write_back_stream) = (std::ptr::null_mut(), std::ptr::null_mut());
@@ -281,13 +287,25 @@ pub fn uses_per_step(device: u32) -> Vec<(u64, u64)> {
     engine(device).and_then(|slot| slot.as_ref().map(|d| d.engine.uses_per_step())).unwrap_or_default()
 }
 
-/// Before the backing of `[base, base + len)` moves: staged copies of it are written back
-/// (waited for) and dropped, and the engine's own copies of it are waited for.
-pub fn before_move(device: u32, base: u64, len: u64) -> Result<(), CUresult> {
-    match engine(device).as_mut().and_then(|slot| slot.as_mut()) {
-        Some(device_engine) => device_engine.engine.before_host_write(base, len, None),
-        None => Ok(()),
+/// Before the backing of the extents `moving` (`(base, len)`) moves: their staged copies
+/// are written back (waited for) and dropped, the engine forgets them (no prefetch stages
+/// them while they move; [`resync`] brings back what is still on a donor), and every copy
+/// the engine queued has finished.
+pub fn before_move(manager: &MemoryManager<crate::ops::RealOps>, device: u32, moving: &[(u64, u64)]) -> Result<(), CUresult> {
+    let Some(mut slot) = engine(device) else { return Ok(()) };
+    let Some(device_engine) = slot.as_mut() else { return Ok(()) };
+    for &(base, len) in moving {
+        device_engine.engine.before_host_write(base, len, None)?;
     }
+    let live: Vec<(u64, u64, Source)> = manager
+        .donor_extents(device)
+        .into_iter()
+        .filter(|(base, _, _)| !moving.iter().any(|(m, _)| m == base))
+        .map(|(b, l, t)| (b, l, source(t)))
+        .collect();
+    device_engine.engine.sync_extents(&live);
+    device_engine.generation = u64::MAX;
+    device_engine.engine.transfers().drain()
 }
 
 fn start(manager: &mut MemoryManager<crate::ops::RealOps>, device: u32, streaming: vvram_policy::Streaming) -> Result<DeviceEngine, CUresult> {

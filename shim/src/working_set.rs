@@ -25,6 +25,7 @@ use crate::real_call;
 use crate::runtime::HOOK_ERRORS;
 use crate::staging;
 use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -55,9 +56,17 @@ pub struct Entered(usize);
 /// Marks the calling hook as between scan and issue until the guard drops: a move waits
 /// for every hook that entered before it marked its extents. Two atomics, no lock.
 pub fn enter() -> Entered {
-    let parity = (EPOCH.load(Ordering::SeqCst) & 1) as usize;
-    IN_FLIGHT[parity].fetch_add(1, Ordering::SeqCst);
-    Entered(parity)
+    loop {
+        let epoch = EPOCH.load(Ordering::SeqCst);
+        let parity = (epoch & 1) as usize;
+        IN_FLIGHT[parity].fetch_add(1, Ordering::SeqCst);
+        // A mover that flipped the epoch meanwhile may not wait for this parity: count
+        // again in the new one.
+        if EPOCH.load(Ordering::SeqCst) == epoch {
+            return Entered(parity);
+        }
+        IN_FLIGHT[parity].fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl Drop for Entered {
@@ -108,13 +117,15 @@ struct Device {
     /// The predictor's relearn count at the last sample, while it was locked.
     relearns: Option<u64>,
     moved_at: HashMap<u64, u64>,
-    stream: Option<usize>,
     context: Option<usize>,
 }
 
 #[derive(Default)]
 struct Tracked {
-    slots: HashMap<u64, u32>,
+    /// Use-record slot of each tracked extent, by base, with the allocation's id.
+    slots: HashMap<u64, (u64, u32)>,
+    /// vvram's copy stream in each context that moved extents.
+    move_streams: HashMap<usize, usize>,
     free_slots: Vec<u32>,
     next_slot: u32,
     moving: HashSet<u64>,
@@ -144,17 +155,23 @@ pub fn publish(manager: &MemoryManager<RealOps>) {
             entries.push(Entry { base: extent.base, len: extent.size, slot: 0, donor: false, moving: false });
         }
     }
+    let ids: HashMap<u64, u64> = entries.iter().map(|e| (e.base, manager.find(e.base).map_or(0, |info| info.id))).collect();
     let mut tracked = tracked();
-    let live: HashSet<u64> = entries.iter().map(|e| e.base).collect();
-    let gone: Vec<(u64, u32)> = tracked.slots.iter().filter(|(b, _)| !live.contains(b)).map(|(b, s)| (*b, *s)).collect();
+    let gone: Vec<(u64, u32)> =
+        tracked.slots.iter().filter(|(b, (id, _))| ids.get(b) != Some(id)).map(|(b, (_, slot))| (*b, *slot)).collect();
     for (base, slot) in gone {
+        // Freed, or another allocation at the same address: its history goes with it.
         tracked.slots.remove(&base);
         tracked.free_slots.push(slot);
+        for state in tracked.devices.values_mut() {
+            state.classifier.forget(base);
+            state.moved_at.remove(&base);
+        }
     }
     let capacity = staging::table().capacity() as u32;
     entries.retain_mut(|entry| {
         let slot = match tracked.slots.get(&entry.base) {
-            Some(slot) => *slot,
+            Some((_, slot)) => *slot,
             None => {
                 let slot = match tracked.free_slots.pop() {
                     Some(slot) => slot,
@@ -165,7 +182,7 @@ pub fn publish(manager: &MemoryManager<RealOps>) {
                     None => return false,
                 };
                 staging::table().clear_record(slot);
-                tracked.slots.insert(entry.base, slot);
+                tracked.slots.insert(entry.base, (ids[&entry.base], slot));
                 slot
             }
         };
@@ -179,7 +196,8 @@ pub fn publish(manager: &MemoryManager<RealOps>) {
     }
 }
 
-/// The background thread's turn: classifies, settles, promotes.
+/// The background thread's turn: classifies, settles, promotes. No move starts while a
+/// stream capture is under way.
 pub fn tick(manager: &mut MemoryManager<RealOps>) {
     for device in manager.plan().devices.iter().map(|d| d.index).collect::<Vec<_>>() {
         if !automatic(manager, device) {
@@ -202,7 +220,7 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
             moves = plan_refill(&candidates, free, refill_margin(budget), BATCH);
         }
         tracing::trace!(device, free = manager.local_free(device), hot_on_donors = candidates.iter().filter(|c| !c.local && c.class == Class::Hot).count(), moves = moves.len(), "working set");
-        if !moves.is_empty() && current_context(device) {
+        if !moves.is_empty() && !crate::hooks::capture_under_way() && current_context(device) {
             execute(manager, device, &moves);
         }
     }
@@ -230,7 +248,7 @@ pub fn note_kernels(manager: &mut MemoryManager<RealOps>, device: u32) {
 /// it, demotes just enough weights (least used first) so that it fits.
 pub fn make_room(manager: &mut MemoryManager<RealOps>, request: Request) {
     let Some(shortfall) = manager.shortfall(request) else { return };
-    if !automatic(manager, request.device) {
+    if !automatic(manager, request.device) || crate::hooks::capture_under_way() {
         return;
     }
     let free = manager.local_free(request.device);
@@ -252,7 +270,7 @@ fn sample(manager: &MemoryManager<RealOps>, device: u32, predictor: PredictorSta
         .extents(device)
         .into_iter()
         .filter(|e| e.movable || e.donor.is_some())
-        .filter_map(|e| tracked.slots.get(&e.base).map(|slot| (e.base, table.uses(*slot))))
+        .filter_map(|e| tracked.slots.get(&e.base).map(|(_, slot)| (e.base, table.uses(*slot))))
         .collect();
     let state = tracked.devices.entry(device).or_default();
     state.progress = predictor.progress;
@@ -268,18 +286,26 @@ fn sample(manager: &MemoryManager<RealOps>, device: u32, predictor: PredictorSta
     }
 }
 
+/// The movable extents of `device` that have a use record, as the planners see them.
+/// Once an operation whose extents are unknown was seen (a graph launch: its uses are not
+/// counted), nothing on the card is taken for weights: nothing is demoted.
 fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
+    let blind = BLIND_SEEN.load(Ordering::Relaxed);
     let mut tracked = tracked();
-    let state = tracked.devices.entry(device).or_default();
+    let Tracked { slots, devices, .. } = &mut *tracked;
+    let state = devices.entry(device).or_default();
     manager
         .extents(device)
         .into_iter()
-        .filter(|e| e.movable)
+        .filter(|e| e.movable && slots.contains_key(&e.base))
         .map(|e| Candidate {
             base: e.base,
             span: e.span,
             local: e.local_bytes == e.span,
-            class: state.classifier.class(e.base),
+            class: match state.classifier.class(e.base) {
+                Class::Weights if blind && e.local_bytes == e.span => Class::Unknown,
+                class => class,
+            },
             uses_per_step: state.classifier.uses_per_step(e.base),
             settling: state.moved_at.get(&e.base).is_some_and(|at| state.progress < at + SETTLE_STEPS * STEP),
         })
@@ -334,11 +360,35 @@ fn move_phase(manager: &mut MemoryManager<RealOps>, device: u32, bases: &[u64], 
     if pending.is_empty() {
         return;
     }
-    tracked().moving.extend(pending.iter().map(|p| p.base));
+    let moved = catch_unwind(AssertUnwindSafe(|| carry_out(manager, device, pending, target)));
+    // Whatever happened, the extents are no longer moving: hooks waiting on them go on.
+    tracked().moving.clear();
+    staging::resync(manager, device);
+    publish(manager);
+    MOVING_NOW.store(false, Ordering::SeqCst);
+    if moved.is_err() {
+        HOOK_ERRORS.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(device, "panic while moving extents; the moves were given up");
+    }
+}
+
+/// The body of a move phase: the engine lets go of the extents, they are marked as moving,
+/// the hooks that read the table before are waited for, the copies ordered after every
+/// user, then the allocator remaps.
+fn carry_out(manager: &mut MemoryManager<RealOps>, device: u32, pending: Vec<PendingMove>, target: MoveTarget) {
+    let moving: Vec<(u64, u64)> = pending.iter().map(|p| (p.base, p.span)).collect();
+    let prepared = staging::before_move(manager, device, &moving);
+    tracked().moving.extend(moving.iter().map(|(base, _)| *base));
     publish(manager);
     MOVING_NOW.store(true, Ordering::SeqCst);
     quiesce();
-    let copied = copy_after_users(device, &pending);
+    let copied = prepared.and_then(|_| copy_after_users(&pending));
+    if copied.is_err()
+        && let Ok(stream) = move_stream()
+    {
+        // Copies queued before the failure still write the staging ranges.
+        real_call!(cuStreamSynchronize(stream as CUstream));
+    }
     let step = tracked().devices.get(&device).map_or(0, |d| d.progress);
     for move_ in pending {
         let (base, span) = (move_.base, move_.span);
@@ -352,7 +402,7 @@ fn move_phase(manager: &mut MemoryManager<RealOps>, device: u32, bases: &[u64], 
         match manager.finish_move(move_) {
             Ok(()) => {
                 let mut tracked = tracked();
-                let uses = tracked.slots.get(&base).map_or(0, |slot| staging::table().uses(*slot));
+                let uses = tracked.slots.get(&base).map_or(0, |(_, slot)| staging::table().uses(*slot));
                 let counters = &mut tracked.counters;
                 match target {
                     MoveTarget::Donors => (counters.demotions += 1, counters.demoted_bytes += span),
@@ -370,26 +420,23 @@ fn move_phase(manager: &mut MemoryManager<RealOps>, device: u32, bases: &[u64], 
             }
         }
     }
-    tracked().moving.clear();
-    staging::resync(manager, device);
-    MOVING_NOW.store(false, Ordering::SeqCst);
 }
 
 /// Copies every pending move's extent into its staging range on the device's move stream,
 /// after every operation that used it, and waits for the copies.
-fn copy_after_users(device: u32, pending: &[PendingMove]) -> Result<(), CUresult> {
+fn copy_after_users(pending: &[PendingMove]) -> Result<(), CUresult> {
     let check = |code: CUresult| if code == result::SUCCESS { Ok(()) } else { Err(code) };
-    for move_ in pending {
-        staging::before_move(device, move_.base, move_.span)?;
-    }
-    let stream = move_stream(device)?;
+    let stream = move_stream()?;
     let mut streams = Vec::new();
     let mut users = Vec::new();
     let mut known = !BLIND_SEEN.load(Ordering::Relaxed);
     {
         let tracked = tracked();
         for move_ in pending {
-            let Some(&slot) = tracked.slots.get(&move_.base) else { continue };
+            let Some(&(_, slot)) = tracked.slots.get(&move_.base) else {
+                known = false;
+                continue;
+            };
             known &= staging::table().streams(slot, &mut users);
             for &user in &users {
                 known &= user != CU_STREAM_PER_THREAD;
@@ -398,6 +445,10 @@ fn copy_after_users(device: u32, pending: &[PendingMove]) -> Result<(), CUresult
                 }
             }
         }
+    }
+    if streams.iter().any(|s| staging::capturing(*s)) {
+        // A copy ordered after a capturing stream would join its capture.
+        return Err(result::STREAM_CAPTURE_UNSUPPORTED);
     }
     if known {
         for &user in &streams {
@@ -422,17 +473,33 @@ fn copy_after_users(device: u32, pending: &[PendingMove]) -> Result<(), CUresult
     check(real_call!(cuStreamSynchronize(stream as CUstream)))
 }
 
-fn move_stream(device: u32) -> Result<usize, CUresult> {
-    if let Some(stream) = tracked().devices.get(&device).and_then(|d| d.stream) {
-        return Ok(stream);
+/// vvram's copy stream in the calling thread's current context.
+fn move_stream() -> Result<usize, CUresult> {
+    let mut context = std::ptr::null_mut();
+    let code = real_call!(cuCtxGetCurrent(&mut context));
+    if code != result::SUCCESS || context.is_null() {
+        return Err(if code == result::SUCCESS { result::INVALID_CONTEXT } else { code });
+    }
+    if let Some(stream) = tracked().move_streams.get(&(context as usize)) {
+        return Ok(*stream);
     }
     let mut stream = std::ptr::null_mut();
     let code = real_call!(cuStreamCreate(&mut stream, CU_STREAM_NON_BLOCKING));
     if code != result::SUCCESS {
         return Err(code);
     }
-    tracked().devices.entry(device).or_default().stream = Some(stream as usize);
+    tracked().move_streams.insert(context as usize, stream as usize);
     Ok(stream as usize)
+}
+
+/// Notes that an operation on `stream` writes or reads `address` (a copy the hooks do
+/// not otherwise see): a later move of its extent is ordered after it.
+pub fn note_user(address: u64, stream: usize) {
+    if staging::ACTIVE.load(Ordering::Relaxed)
+        && let Some(hit) = staging::table().find(address)
+    {
+        staging::table().note_stream(hit.slot, stream);
+    }
 }
 
 /// Bytes of each tier of `device` by class: `(tier, hot, weights)`.

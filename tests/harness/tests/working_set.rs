@@ -74,6 +74,20 @@ fn activations_that_landed_on_the_host_are_promoted_and_weights_demoted_to_make_
 }
 
 #[test]
+fn weights_kept_off_the_card_while_loading_come_back_into_the_room_left() {
+    // A 24 MiB reserve: 8 weights on the card, 6 on the host; the activations take
+    // 10 MiB of the reserve, and two weights (8 MiB) fit beside them with 4 MiB left free.
+    let policy = format!("{POLICY}[placement]\nreserve = \"24MiB\"\n");
+    let (stdout, stats) = passes(&exercise("refill", "refill", &policy, &[]));
+    assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");
+    let w = &stats["working_set"];
+    assert_eq!((w["promotions"].as_u64(), w["demotions"].as_u64()), (Some(2), Some(0)), "{stats}");
+    assert_eq!(tier(&stats, "host", "used"), 16 * MIB, "{stats}");
+    assert_eq!(tier(&stats, "local", "hot"), 10 * MIB, "{stats}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+}
+
+#[test]
 fn demotion_under_pressure_from_another_thread_keeps_every_weight_byte_for_byte() {
     let (stdout, stats) = passes(&exercise("pressure", "pressure", POLICY, &[]));
     assert!(stdout.contains("fit on the card after"), "{stdout}");

@@ -9,6 +9,7 @@
 //! an activation seven times. Modes:
 //!
 //! * `steady`: sample until the engine has settled and classified every extent.
+//! * `refill`: sample until weights kept on the host at load came back to the card.
 //! * `pressure`: as `steady`, then a second thread allocates buffers that do not fit on
 //!   the card while the first keeps sampling on its stream: weights are demoted to make
 //!   room; every weight keeps its contents byte for byte.
@@ -205,6 +206,7 @@ pub fn run(s: &Session, mode: &str) -> Checked {
     let model = Model::load(s)?;
     let steps = match mode {
         "steady" => sample_until(s, &model, &control, 0, |stats| settled_and_classified(stats) && stats["working_set"]["donor_hot_bytes"] == 0)?,
+        "refill" => sample_until(s, &model, &control, 0, |stats| settled_and_classified(stats) && stats["working_set"]["promotions"].as_u64() >= Some(2))?,
         "pressure" => {
             let steps = sample_until(s, &model, &control, 0, settled_and_classified)?;
             pressure(s, &model, &control, steps)?
@@ -217,7 +219,7 @@ pub fn run(s: &Session, mode: &str) -> Checked {
             }
             steps
         }
-        other => return Err(Failure(format!("unknown working-set mode `{other}`: steady, pressure, fixed"))),
+        other => return Err(Failure(format!("unknown working-set mode `{other}`: steady, refill, pressure, fixed"))),
     };
     model.check(s, steps)?;
     println!("stats: {}", control.stats()?);
