@@ -50,6 +50,28 @@ pub fn on_fake_driver(program: &Path) -> Command {
     command
 }
 
+/// Runs `program` with `args` under libvvram.so on the fake driver (GPUs of 256 MiB), with
+/// `policy` written to `<build dir>/<dir>/<name>.toml` as `VVRAM_POLICY` and `env` added.
+pub fn run_under_shim(program: &Path, dir: &str, name: &str, policy: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = build_dir().join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, policy).unwrap();
+    let mut command = on_fake_driver(program);
+    command.env("LD_PRELOAD", shim_library()).env("FAKECUDA_DEVICES", "256MiB").env("VVRAM_POLICY", &path).env_remove("VVRAM_LOG");
+    command.args(args).envs(env.iter().copied());
+    command.output().unwrap()
+}
+
+/// Asserts that a run succeeded; returns its stdout and the last statistics it printed
+/// (a `stats: JSON` line; null when there is none).
+pub fn succeeded_with_stats(output: &Output) -> (String, serde_json::Value) {
+    assert!(output.status.success(), "{}", describe(output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stats = stdout.lines().filter_map(|l| l.strip_prefix("stats: ")).next_back().map(|l| serde_json::from_str(l).unwrap()).unwrap_or_default();
+    (stdout, stats)
+}
+
 /// Output as text, for assertion messages.
 pub fn describe(output: &Output) -> String {
     format!(

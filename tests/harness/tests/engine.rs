@@ -2,7 +2,7 @@
 //! `load` go to the host tier, kernels that read them are translated to staged copies.
 
 use std::process::Output;
-use vvram_harness::fake::{build_dir, describe, on_fake_driver, shim_library};
+use vvram_harness::fake::{run_under_shim, succeeded_with_stats};
 
 /// 64 MiB local with a 4 KiB cache (six 1 KiB weights cycle through it), host donor.
 const POLICY: &str = "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"host\", capacity = \"128MiB\" }]\n\
@@ -10,26 +10,12 @@ const POLICY: &str = "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = 
 [streaming]\nenabled = true\nlocal_cache = \"4KiB\"\nweights_read_only = false\n";
 
 fn exercise(scenario: &[&str], policy: &str, env: &[(&str, &str)]) -> Output {
-    let dir = build_dir().join("engine-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{}.toml", scenario[0]));
-    std::fs::write(&path, policy).unwrap();
-    let mut command = on_fake_driver(env!("CARGO_BIN_EXE_cuda-exercise").as_ref());
-    command.env("LD_PRELOAD", shim_library()).env("FAKECUDA_DEVICES", "256MiB").env("VVRAM_POLICY", &path).env_remove("VVRAM_LOG");
-    command.args(scenario).envs(env.iter().copied());
-    command.output().unwrap()
-}
-
-fn passes(out: &Output) -> (String, serde_json::Value) {
-    assert!(out.status.success(), "{}", describe(out));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stats = stdout.lines().filter_map(|l| l.strip_prefix("stats: ")).next_back().map(|l| serde_json::from_str(l).unwrap()).unwrap_or_default();
-    (stdout, stats)
+    run_under_shim(env!("CARGO_BIN_EXE_cuda-exercise").as_ref(), "engine-tests", scenario[0], policy, scenario, env)
 }
 
 #[test]
 fn ten_thousand_steps_of_async_kernels_are_exact_with_every_launch_translated() {
-    let (stdout, stats) = passes(&exercise(&["engine-steps", "10000"], POLICY, &[("FAKECUDA_KERNEL_US", "1")]));
+    let (stdout, stats) = succeeded_with_stats(&exercise(&["engine-steps", "10000"], POLICY, &[("FAKECUDA_KERNEL_US", "1")]));
     assert!(stdout.contains("ok: 10000 steps of 6 launches on streamed weights give exact sums"), "{stdout}");
     assert_eq!(stats["errors"], 0, "{stats}");
     assert!(stats["engine"]["prefetch_copies"].as_u64().unwrap() > 50_000, "{stats}");
@@ -39,7 +25,7 @@ fn ten_thousand_steps_of_async_kernels_are_exact_with_every_launch_translated() 
 
 #[test]
 fn weights_patched_between_sampling_runs_give_the_patched_results() {
-    let (stdout, stats) = passes(&exercise(&["engine-patch"], POLICY, &[]));
+    let (stdout, stats) = succeeded_with_stats(&exercise(&["engine-patch"], POLICY, &[]));
     assert!(stdout.contains("ok: weights patched in place"), "{stdout}");
     assert_eq!(stats["errors"], 0, "{stats}");
     assert!(stats["engine"]["dropped_copies"].as_u64().unwrap() >= 1, "{stats}");
@@ -47,7 +33,7 @@ fn weights_patched_between_sampling_runs_give_the_patched_results() {
 
 #[test]
 fn a_graph_launch_is_correct_and_counted() {
-    let (stdout, stats) = passes(&exercise(&["engine-graph"], &POLICY.replace("4KiB", "1MiB"), &[]));
+    let (stdout, stats) = succeeded_with_stats(&exercise(&["engine-graph"], &POLICY.replace("4KiB", "1MiB"), &[]));
     assert!(stdout.contains("ok: a graph launch reads what translated kernels wrote"), "{stdout}");
     assert_eq!(stats["errors"], 0, "{stats}");
     assert_eq!(stats["engine"]["captured_launches"], 2, "{stats}");
@@ -56,7 +42,7 @@ fn a_graph_launch_is_correct_and_counted() {
 
 #[test]
 fn a_forced_miss_stays_correct_and_is_counted() {
-    let (stdout, _) = passes(&exercise(&["engine-miss"], POLICY, &[]));
+    let (stdout, _) = succeeded_with_stats(&exercise(&["engine-miss"], POLICY, &[]));
     assert!(stdout.contains("ok: a weight larger than the cache is read in place"), "{stdout}");
 }
 
@@ -64,7 +50,7 @@ fn a_forced_miss_stays_correct_and_is_counted() {
 fn struct_parameters_extra_buffers_cooperative_and_library_kernels_and_second_threads_are_translated() {
     let policy = POLICY.replace("4KiB", "1MiB");
     for scenario in ["engine-struct", "engine-extra", "engine-cooperative", "engine-kernel", "engine-thread"] {
-        let (stdout, stats) = passes(&exercise(&[scenario], &policy, &[]));
+        let (stdout, stats) = succeeded_with_stats(&exercise(&[scenario], &policy, &[]));
         assert!(stdout.contains("translated to the staged copy"), "{scenario}: {stdout}");
         assert_eq!(stats["errors"], 0, "{scenario}: {stats}");
     }
@@ -72,7 +58,7 @@ fn struct_parameters_extra_buffers_cooperative_and_library_kernels_and_second_th
 
 #[test]
 fn a_tensor_map_pointing_into_a_staged_weight_is_re_encoded_for_the_copy() {
-    let (stdout, stats) = passes(&exercise(&["engine-tmap"], &POLICY.replace("4KiB", "1MiB"), &[]));
+    let (stdout, stats) = succeeded_with_stats(&exercise(&["engine-tmap"], &POLICY.replace("4KiB", "1MiB"), &[]));
     assert!(stdout.contains("ok: cuTensorMapEncodeTiled refuses bad arguments"), "{stdout}");
     assert!(stdout.contains("ok: tensor-map descriptor: translated to the staged copy"), "{stdout}");
     assert_eq!(stats["errors"], 0, "{stats}");

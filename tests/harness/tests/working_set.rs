@@ -4,7 +4,7 @@
 //! The scenarios are in cuda-exercise's `working_set.rs`.
 
 use std::process::Output;
-use vvram_harness::fake::{build_dir, describe, on_fake_driver, shim_library};
+use vvram_harness::fake::{run_under_shim, succeeded_with_stats};
 
 /// A 64 MiB card with an 8 MiB staging cache and host RAM: the default reserve is
 /// (64 − 8) / 4 = 14 MiB, so loading keeps 42 MiB for the 56 MiB of weights.
@@ -13,21 +13,7 @@ const POLICY: &str = "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = 
 const MIB: u64 = 1 << 20;
 
 fn exercise(name: &str, mode: &str, policy: &str, env: &[(&str, &str)]) -> Output {
-    let dir = build_dir().join("working-set-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, policy).unwrap();
-    let mut command = on_fake_driver(env!("CARGO_BIN_EXE_cuda-exercise").as_ref());
-    command.env("LD_PRELOAD", shim_library()).env("FAKECUDA_DEVICES", "256MiB").env("VVRAM_POLICY", &path).env_remove("VVRAM_LOG");
-    command.args(["working-set", mode]).envs(env.iter().copied());
-    command.output().unwrap()
-}
-
-fn passes(out: &Output) -> (String, serde_json::Value) {
-    assert!(out.status.success(), "{}", describe(out));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stats = stdout.lines().filter_map(|l| l.strip_prefix("stats: ")).next_back().map(|l| serde_json::from_str(l).unwrap()).unwrap_or_default();
-    (stdout, stats)
+    run_under_shim(env!("CARGO_BIN_EXE_cuda-exercise").as_ref(), "working-set-tests", name, policy, &["working-set", mode], env)
 }
 
 fn tier(stats: &serde_json::Value, name: &str, field: &str) -> u64 {
@@ -42,7 +28,7 @@ fn steps_taken(stdout: &str) -> u64 {
 
 #[test]
 fn loading_keeps_the_reserve_so_activations_allocated_while_sampling_land_on_the_card() {
-    let (stdout, stats) = passes(&exercise("steady", "steady", POLICY, &[]));
+    let (stdout, stats) = succeeded_with_stats(&exercise("steady", "steady", POLICY, &[]));
     assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");
     let w = &stats["working_set"];
     assert_eq!(w["donor_hot_bytes"], 0, "{stats}");
@@ -61,7 +47,7 @@ fn loading_keeps_the_reserve_so_activations_allocated_while_sampling_land_on_the
 fn activations_that_landed_on_the_host_are_promoted_and_weights_demoted_to_make_room() {
     // A 2 MiB reserve: the weights fill the card, the activations go to the host.
     let policy = format!("{POLICY}[placement]\nreserve = \"2MiB\"\n");
-    let (stdout, stats) = passes(&exercise("promote", "steady", &policy, &[]));
+    let (stdout, stats) = succeeded_with_stats(&exercise("promote", "steady", &policy, &[]));
     assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");
     let w = &stats["working_set"];
     assert_eq!(w["donor_hot_bytes"], 0, "{stats}");
@@ -78,7 +64,7 @@ fn weights_kept_off_the_card_while_loading_come_back_into_the_room_left() {
     // A 24 MiB reserve: 8 weights on the card, 6 on the host; the activations take
     // 10 MiB of the reserve, and two weights (8 MiB) fit beside them with 4 MiB left free.
     let policy = format!("{POLICY}[placement]\nreserve = \"24MiB\"\n");
-    let (stdout, stats) = passes(&exercise("refill", "refill", &policy, &[]));
+    let (stdout, stats) = succeeded_with_stats(&exercise("refill", "refill", &policy, &[]));
     assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");
     let w = &stats["working_set"];
     assert_eq!((w["promotions"].as_u64(), w["demotions"].as_u64()), (Some(2), Some(0)), "{stats}");
@@ -89,7 +75,7 @@ fn weights_kept_off_the_card_while_loading_come_back_into_the_room_left() {
 
 #[test]
 fn demotion_under_pressure_from_another_thread_keeps_every_weight_byte_for_byte() {
-    let (stdout, stats) = passes(&exercise("pressure", "pressure", POLICY, &[]));
+    let (stdout, stats) = succeeded_with_stats(&exercise("pressure", "pressure", POLICY, &[]));
     assert!(stdout.contains("fit on the card after"), "{stdout}");
     assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");
     assert_eq!(stats["working_set"]["donor_hot_bytes"], 0, "{stats}");
@@ -99,7 +85,7 @@ fn demotion_under_pressure_from_another_thread_keeps_every_weight_byte_for_byte(
 
 /// Placement of the same run with `extra` appended to the policy, as (local, host) bytes.
 fn fixed_placement(name: &str, extra: &str) -> ((u64, u64), serde_json::Value) {
-    let (_, stats) = passes(&exercise(name, "fixed", &format!("{POLICY}{extra}"), &[("WS_STEPS", "8")]));
+    let (_, stats) = succeeded_with_stats(&exercise(name, "fixed", &format!("{POLICY}{extra}"), &[("WS_STEPS", "8")]));
     ((tier(&stats, "local", "used"), tier(&stats, "host", "used")), stats)
 }
 
