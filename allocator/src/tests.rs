@@ -481,3 +481,17 @@ fn a_failed_map_of_the_new_backing_puts_the_old_one_back_and_gives_the_new_one_b
     m.free(a).unwrap();
     assert_eq!(m.driver().mapping_count(), 0);
 }
+
+#[test]
+fn the_application_s_own_memory_keeps_the_reserve_while_loading_and_never_moves() {
+    let mut m = manager(STREAMING);
+    let driver = MemoryDriver::new();
+    let mut create = |size: u64| m.create_for_application(request(size), |at| driver.create(size, at)).unwrap();
+    create(40 * MIB);
+    create(20 * MIB);
+    assert_eq!((driver.used(Location::Device(0)), driver.used(Location::Host)), (40 * MIB, 20 * MIB), "60 MiB would eat the reserve");
+    m.kernels_ran(0);
+    m.create_for_application(request(8 * MIB), |at| driver.create(8 * MIB, at)).unwrap();
+    assert_eq!(driver.used(Location::Device(0)), 48 * MIB, "computing's memory may use the reserve");
+    assert!(m.extents(0).is_empty(), "the application maps it itself: vvram has no extent to move");
+}
