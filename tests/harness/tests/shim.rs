@@ -8,11 +8,17 @@ use vvram_harness::fake::{build_dir, describe, fake_driver_dir, on_fake_driver, 
 /// 64 MiB local, 128 MiB host on a 256 MiB fake GPU.
 const POLICY: &str = "[[device]]\nindex = 0\nlocal_budget = \"64MiB\"\ndonors = [{ tier = \"host\", capacity = \"128MiB\" }]\n[host_pool]\npin_ahead = \"16MiB\"\n";
 
+/// Writes `text` to `name` in the tests' directory. Tests run in parallel and rewrite the
+/// same files while other tests' children read them: the text is written aside and
+/// renamed into place, so a reader never sees a half-written file.
 fn write_file(name: &str, text: &str) -> PathBuf {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = build_dir().join("shim-tests");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    let aside = dir.join(format!(".{name}.{}", WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
     path
 }
 
