@@ -40,6 +40,8 @@ const _: () = assert!(STEP == vvram_engine::STEP_UNIT);
 
 /// How often the background thread samples uses and plans promotions.
 pub const TICK: Duration = Duration::from_millis(50);
+/// Launches that make an extent not yet classified plainly hot.
+const PLAINLY_HOT_USES: u64 = 8;
 /// Bytes one batch moves at most (demotions and promotions together).
 const BATCH: u64 = 4 << 30;
 /// `CU_EVENT_DISABLE_TIMING`.
@@ -209,19 +211,24 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
             manager.settle(device);
             tracing::info!(device, steps = predictor.steps, "the engine saw a repeating step: the working-set reserve is released");
         }
-        if !manager.settled(device) {
-            continue;
-        }
-        let candidates = candidates(manager, device);
-        let free = manager.local_free(device);
-        let mut moves = plan_promotions(&candidates, free, BATCH);
-        if moves.is_empty() {
-            let budget = manager.plan().device(device).map_or(0, |d| d.local_budget);
-            moves = plan_refill(&candidates, free, refill_margin(budget), BATCH);
-        }
-        tracing::trace!(device, free = manager.local_free(device), hot_on_donors = candidates.iter().filter(|c| !c.local && c.class == Class::Hot).count(), moves = moves.len(), "working set");
-        if !moves.is_empty() && !crate::hooks::capture_under_way() && current_context(device) {
-            execute(manager, device, &moves);
+        // Hot extents first; then, once settled, weights into the room left.
+        for refill in [false, true] {
+            let settled = manager.settled(device);
+            let candidates = candidates(manager, device);
+            let free = manager.local_free(device);
+            let moves = match (refill, settled) {
+                (false, true) => plan_promotions(&candidates, free, BATCH),
+                // Before the step repeats only what is plainly hot moves, into free room.
+                (false, false) => plan_promotions(&candidates, free, BATCH).into_iter().filter(|m| matches!(m, Move::Promote(_))).collect(),
+                (true, true) => {
+                    let budget = manager.plan().device(device).map_or(0, |d| d.local_budget);
+                    plan_refill(&candidates, free, refill_margin(budget), BATCH)
+                }
+                (true, false) => Vec::new(),
+            };
+            if !moves.is_empty() && !crate::hooks::capture_under_way() && current_context(device) {
+                execute(manager, device, &moves);
+            }
         }
     }
 }
@@ -288,7 +295,9 @@ fn sample(manager: &MemoryManager<RealOps>, device: u32, predictor: PredictorSta
 
 /// The movable extents of `device` that have a use record, as the planners see them.
 /// Once an operation whose extents are unknown was seen (a graph launch: its uses are not
-/// counted), nothing on the card is taken for weights: nothing is demoted.
+/// counted), nothing on the card is taken for weights: nothing is demoted. One not yet
+/// classified that launches used [`PLAINLY_HOT_USES`] times already is hot (a weight is
+/// used once or twice per step, and steps repeat within the second).
 fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
     let blind = BLIND_SEEN.load(Ordering::Relaxed);
     let mut tracked = tracked();
@@ -304,6 +313,7 @@ fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
             local: e.local_bytes == e.span,
             class: match state.classifier.class(e.base) {
                 Class::Weights if blind && e.local_bytes == e.span => Class::Unknown,
+                Class::Unknown if slots.get(&e.base).is_some_and(|(_, slot)| staging::table().uses(*slot) >= PLAINLY_HOT_USES) => Class::Hot,
                 class => class,
             },
             uses_per_step: state.classifier.uses_per_step(e.base),

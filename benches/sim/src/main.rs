@@ -21,7 +21,9 @@
 //! * `engine`: under libvvram.so with streaming on, the same budget as `zero-copy`.
 //! * `unmodified`: what ComfyUI does, under libvvram.so with streaming on and no rules or
 //!   phase: the weights are allocated and written first, the activations and the latent
-//!   when sampling starts. The other variants place by hand: activations and latent are
+//!   when sampling starts (each buffer right before the kernel that first writes it, as
+//!   PyTorch allocates); each step is followed by [`STEP_WALL_TIME`] of wall time, so
+//!   vvram's background thread sees the steps as it would on a GPU. The other variants place by hand: activations and latent are
 //!   allocated before the weights, so local-first placement keeps them on the device.
 //!
 //! Step times are measured with events on the stream (on the fake driver, the timing
@@ -30,6 +32,9 @@
 //! variant), `host_bytes N` (bytes vvram, or the baseline, placed off the device) and,
 //! under libvvram.so, `donor_hot_bytes N` (`?` when the library does not report it) and
 //! the working set's counters, read after the last step, and the engine's counters.
+
+/// Wall time after each step of the `unmodified` variant (see the module documentation).
+const STEP_WALL_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 
 mod device;
 mod model;
@@ -52,6 +57,21 @@ impl Activations {
         let acts = Activations { hidden: [sim.alloc(bytes)?, sim.alloc(bytes)?], workspace: sim.alloc(bytes)?, latent: sim.alloc(bytes)? };
         sim.write(acts.latent, &latent_values())?;
         Ok(acts)
+    }
+
+    /// As a framework allocates them when sampling starts: the latent from the host, then
+    /// each buffer right before the kernel that first writes it.
+    fn allocate_while_sampling(sim: &Sim) -> Checked<Activations> {
+        let bytes = ACTIVATION_FLOATS * 4;
+        let latent = sim.alloc(bytes)?;
+        sim.write(latent, &latent_values())?;
+        let first = sim.alloc(bytes)?;
+        sim.copy(first, latent, ACTIVATION_FLOATS)?;
+        let workspace = sim.alloc(bytes)?;
+        sim.copy(workspace, first, ACTIVATION_FLOATS)?;
+        let second = sim.alloc(bytes)?;
+        sim.copy(second, workspace, ACTIVATION_FLOATS)?;
+        Ok(Activations { hidden: [first, second], workspace, latent })
     }
 
     /// Before block `b`'s GEMMs: its input into the workspace, scaled by −1.
@@ -108,7 +128,7 @@ fn run(variant: &str, host_fraction: f64) -> Checked {
     // Sampling starts: ComfyUI's activations and latent come now.
     let acts = match acts.take() {
         Some(acts) => acts,
-        None => Activations::allocate(&sim)?,
+        None => Activations::allocate_while_sampling(&sim)?,
     };
 
     // The baseline's two device slots and its copy stream.
@@ -167,6 +187,11 @@ fn run(variant: &str, host_fraction: f64) -> Checked {
         sim.copy(acts.latent, acts.hidden[blocks.len() % 2], ACTIVATION_FLOATS)?;
         sim.record(step_end, sim.stream)?;
         println!("step {} {:.1} ms", step + 1, sim.finish(step_start, step_end)?);
+        if !hand_placed {
+            // A real step takes about a second; here a few milliseconds of wall time.
+            // vvram's background thread (a turn every 50 ms) gets the turns it would get.
+            std::thread::sleep(STEP_WALL_TIME);
+        }
     }
     let working_set = stats.as_ref().map(Stats::working_set).transpose()?;
     let sums = sim.read(out, count + blocks.len())?;
