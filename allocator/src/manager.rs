@@ -608,9 +608,7 @@ impl<D: Driver> MemoryManager<D> {
     /// Whether `request` is placed automatically: the device streams, the policy leaves
     /// placement to vvram (no explicit rule matches) and it gets its own extent.
     fn automatic(&self, request: Request) -> bool {
-        self.plan.streaming.enabled
-            && request.size >= SMALL_LIMIT
-            && self.plan.device(request.device).is_some_and(|d| d.is_automatic(request.size, request.phase, request.tag))
+        request.size >= SMALL_LIMIT && self.plan.device(request.device).is_some_and(|d| d.is_automatic(request.size, request.phase, request.tag))
     }
 
     /// Whether `span` more bytes on `device` (besides the engine's cache) still leave the

@@ -44,7 +44,9 @@ pub struct DevicePlan {
     pub default_rules: bool,
     /// Local VRAM kept free while the model loads, for what a step uses many times.
     pub reserve: u64,
-    /// Whether automatic placement is on (the same for every device of a plan).
+    /// Whether automatic placement is in force: `[placement] automatic` and streaming on
+    /// (the migration engine's view of the launches is what tells weights from
+    /// activations). The same for every device of a plan.
     pub automatic: bool,
 }
 
@@ -392,7 +394,7 @@ pub fn resolve(policy: &Policy, machine: &Machine) -> Result<Plan, PolicyError> 
             rules: Vec::new(),
             default_rules: policy.rules.is_empty(),
             reserve,
-            automatic: policy.placement.automatic,
+            automatic: policy.placement.automatic && policy.streaming.enabled,
         };
         plan.rules = if policy.rules.is_empty() {
             default_rules(&plan, &policy.streaming)
@@ -561,30 +563,35 @@ mod tests {
     #[test]
     fn default_rules_and_fill() {
         let text = "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"32GiB\" }]\n";
+        // Without streaming there is no automatic placement: the card fills first.
         let p = plan(text).unwrap();
         let d = p.device(0).unwrap();
-        assert!(d.default_rules);
+        assert!(d.default_rules && !d.automatic);
         assert_eq!(d.placement(MIB, Some("load"), None), vec![Tier::Local, Tier::Host]);
-        // Automatic placement keeps the 2 GiB reserve free while donors have room.
         let fill = d.fill(24 * GIB, 64 * MIB, Some("load"), None);
-        assert_eq!(fill.per_tier, vec![(Tier::Local, 6 * GIB), (Tier::Host, 18 * GIB)]);
-        assert_eq!(fill.unplaced, 0);
-        let fill = d.fill(39 * GIB, 64 * MIB, Some("load"), None);
-        assert_eq!(fill.per_tier, vec![(Tier::Local, 7 * GIB), (Tier::Host, 32 * GIB)]);
-        assert_eq!(d.fill(48 * GIB, 64 * MIB, None, None).unplaced, 8 * GIB);
-        // Without it, the card fills first.
-        let off = plan(&format!("{text}[placement]\nautomatic = false\n")).unwrap();
-        let fill = off.device(0).unwrap().fill(24 * GIB, 64 * MIB, Some("load"), None);
-        assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 16 * GIB)]);
-        // An explicit rule places exactly: its tensors may fill the reserve.
-        let pinned = plan(&format!("{text}[[rule]]\nmin_size = \"1MiB\"\ntiers = [\"local\", \"host\"]\n")).unwrap();
-        let fill = pinned.device(0).unwrap().fill(24 * GIB, 64 * MIB, Some("load"), None);
         assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 16 * GIB)]);
 
-        let streamed = plan(&format!("{text}[streaming]\nenabled = true\n")).unwrap();
-        let d = streamed.device(0).unwrap();
+        // With streaming, automatic placement keeps the 1.5 GiB reserve free while donors
+        // have room.
+        let streamed = format!("{text}[streaming]\nenabled = true\n");
+        let p = plan(&streamed).unwrap();
+        let d = p.device(0).unwrap();
         assert_eq!(d.placement(MIB, Some("load"), None), vec![Tier::Host, Tier::Local]);
         assert_eq!(d.placement(MIB, None, None), vec![Tier::Local, Tier::Host]);
+        let fill = d.fill(24 * GIB, 64 * MIB, None, None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 6656 * MIB), (Tier::Host, 17 * GIB + 512 * MIB)]);
+        assert_eq!(fill.unplaced, 0);
+        let fill = d.fill(39 * GIB, 64 * MIB, None, None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 7 * GIB), (Tier::Host, 32 * GIB)]);
+        assert_eq!(d.fill(48 * GIB, 64 * MIB, None, None).unplaced, 8 * GIB);
+        // Turned off, the card fills first.
+        let off = plan(&format!("{streamed}[placement]\nautomatic = false\n")).unwrap();
+        let fill = off.device(0).unwrap().fill(24 * GIB, 64 * MIB, None, None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 16 * GIB)]);
+        // An explicit rule places exactly: its tensors may fill the reserve.
+        let pinned = plan(&format!("{streamed}[[rule]]\nmin_size = \"1MiB\"\ntiers = [\"local\", \"host\"]\n")).unwrap();
+        let fill = pinned.device(0).unwrap().fill(24 * GIB, 64 * MIB, None, None);
+        assert_eq!(fill.per_tier, vec![(Tier::Local, 8 * GIB), (Tier::Host, 16 * GIB)]);
     }
 
     #[test]
@@ -597,15 +604,17 @@ mod tests {
     }
 
     const HOST_8G: &str = "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"32GiB\" }]\n";
+    /// `HOST_8G` with the migration engine, which automatic placement needs.
+    const STREAMED_8G: &str = "[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\ndonors = [{ tier = \"host\", capacity = \"32GiB\" }]\n[streaming]\nenabled = true\n";
 
     #[test]
     fn default_reserve_is_a_quarter_of_the_room_left_after_the_cache() {
         let p = plan(HOST_8G).unwrap();
         assert!(p.automatic);
         let d = p.device(0).unwrap();
-        assert_eq!((d.reserve, d.automatic), (2 * GIB, true));
+        assert_eq!((d.reserve, d.automatic), (2 * GIB, false), "without streaming the reserve is not kept");
         let streamed = plan(&format!("{HOST_8G}[streaming]\nenabled = true\nlocal_cache = \"2GiB\"\n")).unwrap();
-        assert_eq!(streamed.device(0).unwrap().reserve, 1536 * MIB);
+        assert_eq!((streamed.device(0).unwrap().reserve, streamed.device(0).unwrap().automatic), (1536 * MIB, true));
         // Rounded down to 2 MiB: a quarter of 1013 MiB is 253.25 MiB.
         let odd = plan("[[device]]\nindex = 0\nlocal_budget = \"1013MiB\"\n").unwrap();
         assert_eq!(odd.device(0).unwrap().reserve, 252 * MIB);
@@ -639,18 +648,18 @@ mod tests {
 
     #[test]
     fn default_rules_leave_every_allocation_to_automatic_placement() {
-        for text in [HOST_8G.to_string(), format!("{HOST_8G}[streaming]\nenabled = true\n")] {
-            let p = plan(&text).unwrap();
-            let d = p.device(0).unwrap();
-            for (size, phase, tag) in [(4096, None, None), (GIB, Some("load"), None), (GIB, Some("sample"), Some("weights"))] {
-                assert!(d.is_automatic(size, phase, tag), "{text}: {size} {phase:?} {tag:?}");
-            }
+        let p = plan(STREAMED_8G).unwrap();
+        let d = p.device(0).unwrap();
+        for (size, phase, tag) in [(4096, None, None), (GIB, Some("load"), None), (GIB, Some("sample"), Some("weights"))] {
+            assert!(d.is_automatic(size, phase, tag), "{size} {phase:?} {tag:?}");
         }
+        let p = plan(HOST_8G).unwrap();
+        assert!(!p.device(0).unwrap().is_automatic(GIB, None, None), "automatic placement needs streaming");
     }
 
     #[test]
     fn explicit_rules_win_over_automatic_placement() {
-        let p = plan(&format!("{HOST_8G}[[rule]]\nmax_size = \"1MiB\"\ntiers = [\"local\"]\n[[rule]]\ntag = \"weights\"\ntiers = [\"host\", \"local\"]\n")).unwrap();
+        let p = plan(&format!("{STREAMED_8G}[[rule]]\nmax_size = \"1MiB\"\ntiers = [\"local\"]\n[[rule]]\ntag = \"weights\"\ntiers = [\"host\", \"local\"]\n")).unwrap();
         let d = p.device(0).unwrap();
         assert!(!d.default_rules);
         assert!(!d.is_automatic(4096, None, None));
@@ -658,19 +667,19 @@ mod tests {
         assert!(d.is_automatic(8 * MIB, Some("load"), None));
         assert!(d.is_automatic(8 * MIB, None, Some("latents")));
         // A catch-all explicit rule claims everything: nothing is left to vvram.
-        let p = plan(&format!("{HOST_8G}[[rule]]\nname = \"card first\"\ntiers = [\"local\", \"host\"]\n")).unwrap();
+        let p = plan(&format!("{STREAMED_8G}[[rule]]\nname = \"card first\"\ntiers = [\"local\", \"host\"]\n")).unwrap();
         let d = p.device(0).unwrap();
         assert!([4096, 8 * MIB, 4 * GIB].iter().all(|&size| !d.is_automatic(size, Some("load"), None)));
         // A rule for another device leaves this one's allocations to vvram.
-        let p = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\n[[device]]\nindex = 1\nlocal_budget = \"8GiB\"\n[[rule]]\ndevice = 1\ntiers = [\"local\"]\n").unwrap();
+        let p = plan("[[device]]\nindex = 0\nlocal_budget = \"8GiB\"\n[[device]]\nindex = 1\nlocal_budget = \"8GiB\"\n[[rule]]\ndevice = 1\ntiers = [\"local\"]\n[streaming]\nenabled = true\nlocal_cache = \"1GiB\"\n").unwrap();
         assert!(p.device(0).unwrap().is_automatic(GIB, None, None));
         assert!(!p.device(1).unwrap().is_automatic(GIB, None, None));
     }
 
     #[test]
     fn turning_automatic_placement_off_keeps_the_rule_order() {
-        let on = plan(HOST_8G).unwrap();
-        let off = plan(&format!("{HOST_8G}[placement]\nautomatic = false\n")).unwrap();
+        let on = plan(STREAMED_8G).unwrap();
+        let off = plan(&format!("{STREAMED_8G}[placement]\nautomatic = false\n")).unwrap();
         assert!(!off.automatic);
         let (a, b) = (on.device(0).unwrap(), off.device(0).unwrap());
         assert!(!b.automatic);

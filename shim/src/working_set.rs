@@ -142,7 +142,7 @@ fn tracked() -> MutexGuard<'static, Tracked> {
 
 /// Whether the working set applies to `device`: its engine runs and placement is automatic.
 fn automatic(manager: &MemoryManager<RealOps>, device: u32) -> bool {
-    manager.plan().streaming.enabled && manager.plan().device(device).is_some_and(|d| d.automatic) && staging::has_engine(device)
+    manager.plan().device(device).is_some_and(|d| d.automatic) && staging::has_engine(device)
 }
 
 /// Rewrites the hooks' table: the donor extents of every device with an engine, and its

@@ -160,10 +160,12 @@ pub fn render(policy: &Policy, plan: &Plan, machine_known: bool, model_size: Opt
 /// Whether automatic placement is on, and the device's reserve with where it comes from.
 fn render_placement(out: &mut String, policy: &Policy, plan: &Plan, device: &DevicePlan) {
     if !device.automatic {
-        let _ = writeln!(
-            out,
-            "\n  Automatic placement: off ([placement] automatic = false) — the rules alone place every allocation; nothing is moved"
-        );
+        let why = if plan.automatic {
+            "streaming is off: automatic placement needs the migration engine to tell weights from activations"
+        } else {
+            "[placement] automatic = false"
+        };
+        let _ = writeln!(out, "\n  Automatic placement: off ({why}) — the rules alone place every allocation; nothing is moved");
         return;
     }
     let _ = writeln!(out, "\n  Automatic placement: on — what no explicit rule places, vvram places by use and moves between tiers");
