@@ -227,10 +227,13 @@ impl ExtentTable {
         (result, version)
     }
 
-    /// Counts one use of the extent with `slot` by a launch on `stream`.
+    /// Counts one use of the extent with `slot` by a launch on `stream`. The count is a
+    /// plain load and store, not a locked add (this is the launch path): threads launching
+    /// on the same extent at the same instant may lose a few counts, which classifying an
+    /// extent as used once or many times per step tolerates.
     pub fn record_use(&self, slot: u32, stream: usize) {
         let Some(uses) = self.uses.get(slot as usize) else { return };
-        uses.fetch_add(1, Ordering::Relaxed);
+        uses.store(uses.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
         self.note_stream(slot, stream);
     }
 
@@ -432,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn records_of_threads_racing_on_one_extent_lose_no_use() {
+    fn records_of_threads_racing_on_one_extent_keep_every_stream_and_most_uses() {
         let table = Arc::new(ExtentTable::new(1));
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -441,7 +444,7 @@ mod tests {
             })
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
-        assert_eq!(table.uses(0), 40_000);
+        assert!((10_000..=40_000).contains(&table.uses(0)), "{}", table.uses(0));
         let mut streams = Vec::new();
         assert!(table.streams(0, &mut streams));
         streams.sort_unstable();

@@ -1,9 +1,10 @@
 //! The launch hook's cost with the migration engine running: `cuLaunchKernel` straight
 //! from the (fake) driver against the same launch through libvvram.so, for a kernel whose
 //! parameters hold no vvram pointer (target: at most 150 ns more), one that reads an
-//! activation vvram placed on the card (found in the table, its use counted: the common
-//! case under automatic placement; same target), and, for reference, a launch that reads
-//! a host-tier weight (scanned, translated, staged).
+//! activation vvram placed on the card (found in the table, its use counted and the launch
+//! announced in flight to the working set's mover: the common case under automatic
+//! placement), and, for reference, a launch that reads a host-tier weight (scanned,
+//! translated, staged).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::ffi::c_void;
