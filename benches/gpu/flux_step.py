@@ -9,8 +9,10 @@
 # where weights live (zero-copy or the migration engine); a 6 GB margin is allocated
 # before the weights and freed after, so local-first placement leaves the activations
 # room on the card (placement by hand). unmodified: what ComfyUI does, no margin and no
-# phase: the weights load first, the activations come when sampling starts, and
-# libvvram.so alone decides where everything lives. baseline: the blocks past
+# phase: the weights (made on the GPU as in the other variants, then kept in host memory)
+# load first as ComfyUI loads a state dict, one allocation and copy per weight with no
+# kernel in between, the activations come when sampling starts, and libvvram.so alone
+# decides where everything lives. baseline: the blocks past
 # (total - HOST_GB) kept in pinned host memory and copied block by block into two GPU
 # slots on a side stream, block i+1 while block i computes (DisTorch2 / ComfyUI low-VRAM).
 # Prints a JSON line: step times, the output's path, bytes of weights, pinned H2D GB/s;
@@ -100,8 +102,15 @@ def main():
     for i, (_, shapes) in enumerate(BLOCKS):
         weights.append({n: make(i, n, s) for n, s in shapes})
         total += sum(w.numel() * 2 for w in weights[-1].values())
+        if variant == "unmodified":
+            weights[-1] = {n: w.cpu() for n, w in weights[-1].items()}
     del margin
     torch.cuda.empty_cache()
+    if variant == "unmodified":
+        # ComfyUI loads a state dict from host memory: one allocation and one copy per
+        # weight, no kernel in between (the same values as the other variants').
+        weights = [{n: w.to(dev) for n, w in block.items()} for block in weights]
+        torch.cuda.synchronize()
     offloaded = set()
     if variant == "baseline":
         keep, acc = total - host_gb * 1e9, 0
