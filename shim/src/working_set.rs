@@ -211,7 +211,7 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
             manager.settle(device);
             tracing::info!(device, steps = predictor.steps, "the engine saw a repeating step: the working-set reserve is released");
         }
-        // Hot extents first; then, once settled, weights into the room left.
+        // Hot extents first; then weights into the room left.
         for refill in [false, true] {
             let settled = manager.settled(device);
             let candidates = candidates(manager, device);
@@ -220,11 +220,10 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
                 (false, true) => plan_promotions(&candidates, free, BATCH),
                 // Before the step repeats only what is plainly hot moves, into free room.
                 (false, false) => plan_promotions(&candidates, free, BATCH).into_iter().filter(|m| matches!(m, Move::Promote(_))).collect(),
-                (true, true) => {
+                (true, _) => {
                     let budget = manager.plan().device(device).map_or(0, |d| d.local_budget);
                     plan_refill(&candidates, free, refill_margin(budget), BATCH)
                 }
-                (true, false) => Vec::new(),
             };
             if !moves.is_empty() && !crate::hooks::capture_under_way() && current_context(device) {
                 execute(manager, device, &moves);
@@ -297,7 +296,8 @@ fn sample(manager: &MemoryManager<RealOps>, device: u32, predictor: PredictorSta
 /// Once an operation whose extents are unknown was seen (a graph launch: its uses are not
 /// counted), nothing on the card is taken for weights: nothing is demoted. One not yet
 /// classified that launches used [`PLAINLY_HOT_USES`] times already is hot (a weight is
-/// used once or twice per step, and steps repeat within the second).
+/// used once or twice per step, and steps repeat within the second); one on a donor that
+/// launches used, but fewer times, counts as weights (it may come back into free room).
 fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
     let blind = BLIND_SEEN.load(Ordering::Relaxed);
     let mut tracked = tracked();
@@ -313,7 +313,11 @@ fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
             local: e.local_bytes == e.span,
             class: match state.classifier.class(e.base) {
                 Class::Weights if blind && e.local_bytes == e.span => Class::Unknown,
-                Class::Unknown if slots.get(&e.base).is_some_and(|(_, slot)| staging::table().uses(*slot) >= PLAINLY_HOT_USES) => Class::Hot,
+                Class::Unknown => match slots.get(&e.base).map_or(0, |(_, slot)| staging::table().uses(*slot)) {
+                    uses if uses >= PLAINLY_HOT_USES => Class::Hot,
+                    uses if uses > 0 && e.local_bytes < e.span => Class::Weights,
+                    _ => Class::Unknown,
+                },
                 class => class,
             },
             uses_per_step: state.classifier.uses_per_step(e.base),
