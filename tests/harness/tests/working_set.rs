@@ -80,6 +80,17 @@ fn demotion_under_pressure_from_another_thread_keeps_every_weight_byte_for_byte(
     assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");
     assert_eq!(stats["working_set"]["donor_hot_bytes"], 0, "{stats}");
     assert_eq!(tier(&stats, "local", "used"), tier(&stats, "local", "capacity"), "{stats}");
+    assert_eq!(stats["working_set"]["context_syncs"], 0, "moves ordered by events on the streams that used the weights: {stats}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+}
+
+#[test]
+fn a_move_of_memory_used_on_a_stream_since_destroyed_waits_for_every_context() {
+    let (stdout, stats) = succeeded_with_stats(&exercise("new-stream", "pressure-new-stream", POLICY, &[]));
+    assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");
+    let w = &stats["working_set"];
+    assert!(w["demotions"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(w["context_syncs"].as_u64().unwrap() >= 1, "the destroyed stream cannot be waited on: {stats}");
     assert_eq!(stats["errors"], 0, "{stats}");
 }
 

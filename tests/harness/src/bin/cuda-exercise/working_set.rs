@@ -13,6 +13,8 @@
 //! * `pressure`: as `steady`, then a second thread allocates buffers that do not fit on
 //!   the card while the first keeps sampling on its stream: weights are demoted to make
 //!   room; every weight keeps its contents byte for byte.
+//! * `pressure-new-stream`: as `pressure`, but the stream sampling ran on is destroyed
+//!   first (sampling goes on on a new one).
 //! * `fixed`: a fixed number of steps (`WS_STEPS`, default 12), whatever happens.
 //!
 //! Prints `stats: JSON` at the end, and `ok:` lines for what held.
@@ -203,12 +205,19 @@ fn pressure(s: &Session, model: &Model, control: &Control, steps: usize) -> Chec
 /// Runs the scenario `mode` (see the module documentation).
 pub fn run(s: &Session, mode: &str) -> Checked {
     let control = Control::find()?;
-    let model = Model::load(s)?;
+    let mut model = Model::load(s)?;
     let steps = match mode {
         "steady" => sample_until(s, &model, &control, 0, |stats| settled_and_classified(stats) && stats["working_set"]["donor_hot_bytes"] == 0)?,
         "refill" => sample_until(s, &model, &control, 0, |stats| settled_and_classified(stats) && stats["working_set"]["promotions"].as_u64() >= Some(2))?,
         "pressure" => {
             let steps = sample_until(s, &model, &control, 0, settled_and_classified)?;
+            pressure(s, &model, &control, steps)?
+        }
+        "pressure-new-stream" => {
+            let steps = sample_until(s, &model, &control, 0, settled_and_classified)?;
+            // The stream every weight was used on goes away; sampling goes on on another.
+            cu!(s.cuda, cuStreamDestroy_v2(model.stream))?;
+            model.stream = stream(s)?;
             pressure(s, &model, &control, steps)?
         }
         "fixed" => {
@@ -219,7 +228,7 @@ pub fn run(s: &Session, mode: &str) -> Checked {
             }
             steps
         }
-        other => return Err(Failure(format!("unknown working-set mode `{other}`: steady, refill, pressure, fixed"))),
+        other => return Err(Failure(format!("unknown working-set mode `{other}`: steady, refill, pressure, pressure-new-stream, fixed"))),
     };
     model.check(s, steps)?;
     println!("stats: {}", control.stats()?);
