@@ -59,7 +59,7 @@ if [ -f "$bin/libvvram.so" ]; then
   working=$(mktemp --suffix=.toml)
   printf '[[device]]\nindex = 0\nlocal_budget = "64MiB"\ndonors = [{ tier = "host", capacity = "256MiB" }]\n[streaming]\nenabled = true\nlocal_cache = "8MiB"\n' > "$working"
   section "working set: load then sample, no phase (activations on the card, moves ordered on the real driver)"
-  for mode in steady pressure pressure-new-stream; do
+  for mode in steady pressure pressure-new-stream capture; do
     check env LD_PRELOAD="$bin/libvvram.so" VVRAM_POLICY="$working" "$bin/cuda-exercise" working-set "$mode"
   done
   printf '[placement]\nreserve = "2MiB"\n' >> "$working"

@@ -85,6 +85,15 @@ fn demotion_under_pressure_from_another_thread_keeps_every_weight_byte_for_byte(
 }
 
 #[test]
+fn nothing_moves_while_a_stream_captures() {
+    let (stdout, stats) = succeeded_with_stats(&exercise("capture", "capture", POLICY, &[]));
+    assert!(stdout.contains("ok: nothing moved while a stream captured"), "{stdout}");
+    assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");
+    assert!(tier(&stats, "host", "used") > 16 * MIB, "the buffer went to the host: {stats}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+}
+
+#[test]
 fn a_move_of_memory_used_on_a_stream_since_destroyed_waits_for_every_context() {
     let (stdout, stats) = succeeded_with_stats(&exercise("new-stream", "pressure-new-stream", POLICY, &[]));
     assert!(stdout.contains("every weight intact byte for byte"), "{stdout}");

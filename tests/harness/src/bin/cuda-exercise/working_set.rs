@@ -15,6 +15,8 @@
 //!   room; every weight keeps its contents byte for byte.
 //! * `pressure-new-stream`: as `pressure`, but the stream sampling ran on is destroyed
 //!   first (sampling goes on on a new one).
+//! * `capture`: as `steady`, then a buffer that does not fit is allocated while a stream
+//!   captures: nothing is demoted for it.
 //! * `fixed`: a fixed number of steps (`WS_STEPS`, default 12), whatever happens.
 //!
 //! Prints `stats: JSON` at the end, and `ok:` lines for what held.
@@ -202,6 +204,23 @@ fn pressure(s: &Session, model: &Model, control: &Control, steps: usize) -> Chec
     Ok(steps)
 }
 
+/// While a stream captures (relaxed mode), a buffer the card has no room for is allocated:
+/// no weight is demoted for it (a move's copy would join the capture); it lands on the
+/// host, and the capture ends intact.
+fn captured_allocation(s: &Session, control: &Control) -> Checked {
+    let capturing = stream(s)?;
+    cu!(s.cuda, cuStreamBeginCapture_v2(capturing, CU_STREAM_CAPTURE_MODE_RELAXED))?;
+    let buffer = alloc(s, 3 * ACTIVATION_FLOATS * 4)?;
+    s.fill(capturing, buffer, 2.0, READ)?;
+    let mut graph = std::ptr::null_mut();
+    cu!(s.cuda, cuStreamEndCapture(capturing, &mut graph))?;
+    cu!(s.cuda, cuGraphDestroy(graph))?;
+    let stats = control.stats()?;
+    ensure(stats["working_set"]["demotions"] == 0, || format!("weights were demoted during a capture: {stats}"))?;
+    println!("ok: nothing moved while a stream captured");
+    Ok(())
+}
+
 /// Runs the scenario `mode` (see the module documentation).
 pub fn run(s: &Session, mode: &str) -> Checked {
     let control = Control::find()?;
@@ -212,6 +231,11 @@ pub fn run(s: &Session, mode: &str) -> Checked {
         "pressure" => {
             let steps = sample_until(s, &model, &control, 0, settled_and_classified)?;
             pressure(s, &model, &control, steps)?
+        }
+        "capture" => {
+            let steps = sample_until(s, &model, &control, 0, settled_and_classified)?;
+            captured_allocation(s, &control)?;
+            steps
         }
         "pressure-new-stream" => {
             let steps = sample_until(s, &model, &control, 0, settled_and_classified)?;
@@ -228,7 +252,7 @@ pub fn run(s: &Session, mode: &str) -> Checked {
             }
             steps
         }
-        other => return Err(Failure(format!("unknown working-set mode `{other}`: steady, refill, pressure, pressure-new-stream, fixed"))),
+        other => return Err(Failure(format!("unknown working-set mode `{other}`: steady, refill, pressure, pressure-new-stream, capture, fixed"))),
     };
     model.check(s, steps)?;
     println!("stats: {}", control.stats()?);
