@@ -167,7 +167,9 @@ pub struct WorkingSetSnapshot {
     pub settled: u64,
     /// Bytes kept free on devices still loading.
     pub reserve: u64,
-    /// Steps the engine has seen repeat.
+    /// Periods the engine's predictor has seen repeat while locked: sampler steps, or
+    /// fewer launches when only identical blocks' activations sit on donors (the period is
+    /// then a block, until they move to the card).
     pub steps: u64,
     /// Bytes of extents used more than once per step.
     pub hot_bytes: u64,
