@@ -126,7 +126,7 @@ pub fn snapshot() -> Snapshot {
         Err(error) => Some(error),
     } };
     let manager = state.manager.as_ref();
-    let devices = manager
+    let devices: Vec<DeviceSnapshot> = manager
         .map(|m| {
             m.plan()
                 .devices
@@ -162,6 +162,10 @@ pub fn snapshot() -> Snapshot {
         policy_error,
         phase: state.phase.clone(),
         tag: state.tag.clone(),
+        working_set: match manager {
+            Some(m) if !forked_child => crate::working_set::snapshot(m, &devices),
+            _ => Default::default(),
+        },
         devices,
         host_pool_bytes: manager.map_or(0, |m| m.pool_bytes()),
         allocations: counters.allocations,
@@ -170,10 +174,6 @@ pub fn snapshot() -> Snapshot {
         fast_h2d_bytes: counters.fast_h2d_bytes,
         errors: counters.errors + HOOK_ERRORS.load(Ordering::Relaxed),
         engine: vvram_stats::EngineSnapshot { donor_bytes, ..if forked_child { Default::default() } else { crate::staging::snapshot() } },
-        working_set: match manager {
-            Some(m) if !forked_child => crate::working_set::snapshot(m),
-            _ => Default::default(),
-        },
     }
 }
 

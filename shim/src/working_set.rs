@@ -213,17 +213,13 @@ pub fn tick(manager: &mut MemoryManager<RealOps>) {
         }
         // Hot extents first; then weights into the room left.
         for refill in [false, true] {
-            let settled = manager.settled(device);
             let candidates = candidates(manager, device);
             let free = manager.local_free(device);
-            let moves = match (refill, settled) {
-                (false, true) => plan_promotions(&candidates, free, BATCH),
-                // Before the step repeats only what is plainly hot moves, into free room.
-                (false, false) => plan_promotions(&candidates, free, BATCH).into_iter().filter(|m| matches!(m, Move::Promote(_))).collect(),
-                (true, _) => {
-                    let budget = manager.plan().device(device).map_or(0, |d| d.local_budget);
-                    plan_refill(&candidates, free, refill_margin(budget), BATCH)
-                }
+            let moves = if refill {
+                let budget = manager.plan().device(device).map_or(0, |d| d.local_budget);
+                plan_refill(&candidates, free, refill_margin(budget), BATCH)
+            } else {
+                plan_promotions(&candidates, free, BATCH)
             };
             if !moves.is_empty() && !crate::hooks::capture_under_way() && current_context(device) {
                 execute(manager, device, &moves);
@@ -286,20 +282,22 @@ fn sample(manager: &MemoryManager<RealOps>, device: u32, predictor: PredictorSta
         state.classifier.restart_all(predictor.progress, &uses);
     }
     state.relearns = predictor.locked.then_some(predictor.relearns);
+    let counted: HashMap<u64, u64> = uses.into_iter().collect();
     for (base, uses_per_step) in exact {
-        let uses = uses.iter().find(|(b, _)| *b == base).map_or(0, |(_, u)| *u);
+        let uses = counted.get(&base).copied().unwrap_or(0);
         state.classifier.set_exact(base, uses_per_step, predictor.progress, uses);
     }
 }
 
 /// The movable extents of `device` that have a use record, as the planners see them.
-/// Once an operation whose extents are unknown was seen (a graph launch: its uses are not
-/// counted), nothing on the card is taken for weights: nothing is demoted. One not yet
+/// Before the device settles, and once an operation whose extents are unknown was seen
+/// (a graph launch: its uses are not counted), nothing on the card is taken for weights:
+/// nothing is demoted, moves only use free room. One not yet
 /// classified that launches used [`PLAINLY_HOT_USES`] times already is hot (a weight is
 /// used once or twice per step, and steps repeat within the second); one on a donor that
 /// launches used, but fewer times, counts as weights (it may come back into free room).
 fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
-    let blind = BLIND_SEEN.load(Ordering::Relaxed);
+    let keep_on_card = BLIND_SEEN.load(Ordering::Relaxed) || !manager.settled(device);
     let mut tracked = tracked();
     let Tracked { slots, devices, .. } = &mut *tracked;
     let state = devices.entry(device).or_default();
@@ -312,7 +310,7 @@ fn candidates(manager: &MemoryManager<RealOps>, device: u32) -> Vec<Candidate> {
             span: e.span,
             local: e.local_bytes == e.span,
             class: match state.classifier.class(e.base) {
-                Class::Weights if blind && e.local_bytes == e.span => Class::Unknown,
+                Class::Weights if keep_on_card && e.local_bytes == e.span => Class::Unknown,
                 Class::Unknown => match slots.get(&e.base).map_or(0, |(_, slot)| staging::table().uses(*slot)) {
                     uses if uses >= PLAINLY_HOT_USES => Class::Hot,
                     uses if uses > 0 && e.local_bytes < e.span => Class::Weights,
@@ -541,8 +539,9 @@ pub fn classes(manager: &MemoryManager<RealOps>, device: u32) -> Vec<(Tier, u64,
     out
 }
 
-/// The working set's statistics over every device.
-pub fn snapshot(manager: &MemoryManager<RealOps>) -> vvram_stats::WorkingSetSnapshot {
+/// The working set's statistics over every device; the bytes by class are summed from
+/// the devices' tiers, as the statistics show them (built with [`classes`]).
+pub fn snapshot(manager: &MemoryManager<RealOps>, devices: &[vvram_stats::DeviceSnapshot]) -> vvram_stats::WorkingSetSnapshot {
     let mut out = tracked().counters.clone();
     for plan in &manager.plan().devices {
         if !automatic(manager, plan.index) {
@@ -555,13 +554,13 @@ pub fn snapshot(manager: &MemoryManager<RealOps>) -> vvram_stats::WorkingSetSnap
             out.reserve += plan.reserve;
         }
         out.steps = out.steps.max(tracked().devices.get(&plan.index).map_or(0, |d| d.progress / STEP));
-        for (tier, hot, weights) in classes(manager, plan.index) {
-            out.hot_bytes += hot;
-            out.weights_bytes += weights;
-            if tier == Tier::Local {
-                out.local_weights_bytes += weights;
+        for tier in devices.iter().filter(|d| d.device == plan.index).flat_map(|d| &d.tiers) {
+            out.hot_bytes += tier.hot;
+            out.weights_bytes += tier.weights;
+            if tier.tier == Tier::Local.to_string() {
+                out.local_weights_bytes += tier.weights;
             } else {
-                out.donor_hot_bytes += hot;
+                out.donor_hot_bytes += tier.hot;
             }
         }
     }
