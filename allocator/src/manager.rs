@@ -403,6 +403,23 @@ impl<D: Driver> MemoryManager<D> {
         self.take_physical(space, order, CHUNK, full, None).map(|(tier, handle)| Chunk { tier, handle })
     }
 
+    /// Takes `count` chunks on the tiers of `order` (see [`Self::acquire_chunk`]): all, or
+    /// none (those taken are returned) and the error.
+    fn acquire_chunks(&mut self, space: usize, order: &[Tier], count: u64) -> Result<Vec<Chunk>, CUresult> {
+        let mut chunks = Vec::with_capacity(count as usize);
+        let mut full = Vec::new();
+        while (chunks.len() as u64) < count {
+            match self.acquire_chunk(space, order, &mut full) {
+                Ok(chunk) => chunks.push(chunk),
+                Err(code) => {
+                    chunks.into_iter().for_each(|chunk| self.return_chunk(space, chunk));
+                    return Err(code);
+                }
+            }
+        }
+        Ok(chunks)
+    }
+
     /// Returns an unmapped chunk: to the pool (host chunks, while it is below target) or
     /// to the driver. A failed release keeps the chunk counted and retries it later.
     fn return_chunk(&mut self, space: usize, chunk: Chunk) {
@@ -569,30 +586,15 @@ impl<D: Driver> MemoryManager<D> {
             order.sort_by_key(|tier| *tier == Tier::Local);
         }
         let start = self.take_address_space(space, span)?;
-        let mut chunks = Vec::with_capacity((span / CHUNK) as usize);
-        let mut full = Vec::new();
-        let mut failure = None;
-        while (chunks.len() as u64) < span / CHUNK {
-            match self.acquire_chunk(space, &order, &mut full) {
-                Ok(chunk) => chunks.push(chunk),
-                Err(code) => {
-                    failure = Some(code);
-                    break;
-                }
+        let chunks = match self.acquire_chunks(space, &order, span / CHUNK) {
+            Ok(chunks) => chunks,
+            Err(code) => {
+                self.give_back_address_space(space, start, span);
+                return Err(code);
             }
-        }
-        let mut mapped = 0;
-        if failure.is_none() {
-            match self.map_chunks(request.device, start, &chunks) {
-                Ok(_) => {}
-                Err((count, code)) => {
-                    mapped = count;
-                    self.counters.errors += 1;
-                    failure = Some(code);
-                }
-            }
-        }
-        if let Some(code) = failure {
+        };
+        if let Err((mapped, code)) = self.map_chunks(request.device, start, &chunks) {
+            self.counters.errors += 1;
             self.dismantle(space, start, span, chunks, mapped);
             return Err(code);
         }
@@ -689,17 +691,7 @@ impl<D: Driver> MemoryManager<D> {
             MoveTarget::Donors => plan.donors.iter().map(|(tier, _)| *tier).collect(),
         };
         let space = self.space_index(device)?;
-        let mut chunks = Vec::with_capacity((span / CHUNK) as usize);
-        let mut full = Vec::new();
-        while (chunks.len() as u64) < span / CHUNK {
-            match self.acquire_chunk(space, &order, &mut full) {
-                Ok(chunk) => chunks.push(chunk),
-                Err(code) => {
-                    chunks.into_iter().for_each(|chunk| self.return_chunk(space, chunk));
-                    return Err(code);
-                }
-            }
-        }
+        let chunks = self.acquire_chunks(space, &order, span / CHUNK)?;
         let staging = match self.take_address_space(space, span) {
             Ok(staging) => staging,
             Err(code) => {
