@@ -257,10 +257,20 @@ pub fn sync(manager: &mut MemoryManager<crate::ops::RealOps>, device: u32) {
         return;
     }
     device_engine.generation = generation;
-    let live: Vec<(u64, u64, Source)> = manager.donor_extents(device).into_iter().map(|(b, l, t)| (b, l, source(t))).collect();
-    device_engine.engine.sync_extents(&live);
+    device_engine.engine.sync_extents(&live_donors(manager, device, &[]));
     drop(slot);
     crate::working_set::publish(manager);
+}
+
+/// The donor extents of `device` the engine stages, as `(base, len, source)`, but those
+/// in `except` (`(base, len)`).
+fn live_donors(manager: &MemoryManager<crate::ops::RealOps>, device: u32, except: &[(u64, u64)]) -> Vec<(u64, u64, Source)> {
+    manager
+        .donor_extents(device)
+        .into_iter()
+        .filter(|(base, _, _)| !except.iter().any(|(e, _)| e == base))
+        .map(|(b, l, t)| (b, l, source(t)))
+        .collect()
 }
 
 /// Like [`sync`], even when no allocation or free happened since (extents moved).
@@ -297,13 +307,7 @@ pub fn before_move(manager: &MemoryManager<crate::ops::RealOps>, device: u32, mo
     for &(base, len) in moving {
         device_engine.engine.before_host_write(base, len, None)?;
     }
-    let live: Vec<(u64, u64, Source)> = manager
-        .donor_extents(device)
-        .into_iter()
-        .filter(|(base, _, _)| !moving.iter().any(|(m, _)| m == base))
-        .map(|(b, l, t)| (b, l, source(t)))
-        .collect();
-    device_engine.engine.sync_extents(&live);
+    device_engine.engine.sync_extents(&live_donors(manager, device, moving));
     device_engine.generation = u64::MAX;
     device_engine.engine.transfers().drain()
 }
